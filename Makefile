@@ -1,0 +1,41 @@
+# The README's commands. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/build-llama-cpp.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	house=$$(PYTHON=$(PY) scripts/build-llama-cpp.sh) && \
+	  $(PY) -m pip install --quiet --no-index --find-links "$$house" --no-deps llama-cpp-python==0.3.36 && \
+	  $(PY) -m pip install --quiet --find-links "$$house" -e '.[dev]' numpy diskcache jinja2
+	touch $(STAMP)
+
+smollm2.pyz: install
+	$(VENV)/bin/pack build "$$($(PY) scripts/fetch_smollm2.py)" -o smollm2.pyz
+
+demo: smollm2.pyz
+	chmod +x smollm2.pyz
+	./smollm2.pyz -p "The capital of France is" -n 24 --temp 0
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) -m benchmarks
+
+lint: install
+	$(VENV)/bin/ruff check runtime packager tests benchmarks scripts
+	$(VENV)/bin/ruff format --check runtime packager tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) smollm2.pyz .pytest_cache .mypy_cache .ruff_cache

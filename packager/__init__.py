@@ -1,0 +1,1 @@
+"""`pack`: builds, inspects and verifies llamapyz files."""

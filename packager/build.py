@@ -1,0 +1,270 @@
+"""`pack build`: lay out shebang, padding, the GGUF (streamed), then the runtime zipapp."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Optional
+
+from packager import runtime_zip
+from packager.errors import PackError
+from packager.gguf_facts import read_facts
+from runtime.archive import (
+    ALIGNMENT,
+    CHUNK,
+    MANIFEST_NAME,
+    SHEBANG,
+    Manifest,
+    Weights,
+    align_up,
+    hash_range,
+    write_padding,
+)
+from runtime.boot import cache_dir
+
+PROGRESS_MIN_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    size: int
+    manifest: Manifest
+
+    @property
+    def size_human(self) -> str:
+        return human(self.size)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the build the way Ctrl-C does, so the temp file is removed."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Shifted:
+    """A file seen from `base` on: the zip's own offsets stay small (no ZIP64 needed)."""
+
+    def __init__(self, raw: BinaryIO, base: int) -> None:
+        self.raw = raw
+        self.base = base
+
+    def tell(self) -> int:
+        return self.raw.tell() - self.base
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            return self.raw.seek(offset + self.base) - self.base
+        return self.raw.seek(offset, whence) - self.base
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n)
+
+    def write(self, data: bytes) -> int:
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def truncate(self) -> int:
+        return self.raw.truncate()
+
+    def seekable(self) -> bool:
+        return True
+
+
+class _Progress:
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.show = total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.show and (now - self.last > 0.1 or self.done >= self.total):
+            self.last = now
+            pct = 100 * self.done // max(1, self.total)
+            sys.stderr.write(f"\r{self.label}: {pct:3d}% ({human(self.done)} of {human(self.total)})")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _copy(src: Path, dst: BinaryIO, size: int, progress: Callable[[int], None]) -> None:
+    """Copy `size` bytes of `src` to `dst`'s position, in the kernel where it can."""
+    with src.open("rb", buffering=0) as fh:
+        left = size
+        use_range = hasattr(os, "copy_file_range")
+        while left:
+            n = 0
+            if use_range:
+                try:
+                    n = os.copy_file_range(fh.fileno(), dst.fileno(), min(CHUNK, left))
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    use_range = False
+                    continue
+            else:
+                data = fh.read(min(CHUNK, left))
+                n = len(data)
+                if n:
+                    dst.write(data)
+            if not n:
+                raise PackError(f"{src} shrank while it was being copied")
+            left -= n
+            progress(n)
+
+
+def _copy_and_hash(src: Path, dst: BinaryIO, size: int, progress: Callable[[int], None]) -> str:
+    """Copy and sha256 at once: hashing runs on a second thread and core (hashlib drops the GIL)."""
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+
+    def check(_: int) -> None:
+        if stop.is_set():
+            raise _Interrupted()
+
+    def worker() -> None:
+        try:
+            result["sha256"] = hash_range(src, 0, size, check)
+        except BaseException as exc:  # reported by the main thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        _copy(src, dst, size, progress)
+    finally:
+        if sys.exc_info()[0] is not None:
+            stop.set()
+        thread.join()
+    if "error" in result:
+        raise result["error"]
+    return str(result["sha256"])
+
+
+def _check_output(model: Optional[Path], output: Path) -> None:
+    if output.exists() and output.is_dir():
+        raise PackError(f"{output} is a directory: give a file name with -o")
+    if model is not None and output.exists() and os.path.samefile(model, output):
+        raise PackError(f"the output {output} is the input model: choose another -o")
+    parent = output.parent
+    if not parent.is_dir():
+        raise PackError(f"cannot write {output}: the directory {parent} does not exist")
+
+
+def _write_error(output: Path, exc: OSError) -> PackError:
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return PackError(f"cannot write {output}: {exc.strerror} (the disk is full or the file too large)")
+    return PackError(f"cannot write {output}: {exc.strerror or exc}")
+
+
+def build_pyz(
+    model: Optional[Path],
+    output: Path,
+    *,
+    args: Optional[list[str]] = None,
+    cache: Optional[Path] = None,
+) -> BuildResult:
+    """Write `output`: the runtime, plus `model`'s weights unless `model` is None."""
+    _check_output(model, output)
+    facts: dict[str, Any] = read_facts(model) if model is not None else {}
+    rz = runtime_zip.build(cache or cache_dir())
+    build_info = {
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "platform": f"{sys.platform}-{platform.machine()}",
+        "packages": rz.packages,
+        "cpu_variants": rz.cpu_variants,
+        "runtime_build_id": rz.build_id,
+    }
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise PackError(f"cannot write in {output.parent} ({exc.strerror})") from None
+    tmp = Path(tmp_name)
+    try:
+        with _sigterm_interrupts(), open(fd, "w+b", buffering=0) as out:
+            out.write(SHEBANG)
+            weights = None
+            if model is not None:
+                offset = ALIGNMENT
+                write_padding(out, offset)
+                size = int(facts.pop("file_size"))
+                progress = _Progress(f"writing {output.name}", size)
+                sha = _copy_and_hash(model, out, size, progress)
+                weights = Weights(offset=offset, size=size, sha256=sha, filename=model.name)
+                out.seek(offset + size)
+                write_padding(out, align_up(out.tell(), 16))
+            manifest = Manifest(weights=weights, model=facts, args=list(args or []), build=build_info)
+            base = out.tell()
+            with rz.path.open("rb") as zfh:
+                while True:
+                    block = zfh.read(CHUNK)
+                    if not block:
+                        break
+                    out.write(block)
+            with zipfile.ZipFile(_Shifted(out, base), "a") as zf:  # type: ignore[arg-type]
+                zinfo = zipfile.ZipInfo(MANIFEST_NAME, date_time=runtime_zip.ZIP_EPOCH)
+                zinfo.external_attr = 0o100644 << 16
+                zf.writestr(zinfo, json.dumps(manifest.to_json(), indent=1))
+            end = out.seek(0, os.SEEK_END)
+        mode = 0o777 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, output)
+    except (KeyboardInterrupt, _Interrupted):
+        tmp.unlink(missing_ok=True)
+        raise PackError(f"interrupted: {output} was not written") from None
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(output, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return BuildResult(path=output, size=end, manifest=manifest)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

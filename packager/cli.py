@@ -1,0 +1,109 @@
+"""`pack`: build, inspect and verify llamapyz files."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from packager.errors import PackError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llamapyz", prog_name="pack")
+def cli() -> None:
+    """Build, inspect and verify single-file language models."""
+    # A write past RLIMIT_FSIZE must fail with EFBIG, not kill the process mid-file.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Where to write the executable. Default: MODEL with a .pyz suffix.")
+@click.option("--no-weights", is_flag=True, help="Build the bare runtime, which then needs -m.")
+def build(model: Optional[Path], output: Optional[Path], no_weights: bool) -> None:
+    """Bundle MODEL (a .gguf) and the runtime into one executable file."""
+    from packager.build import build_pyz
+
+    if no_weights and model is not None:
+        raise click.UsageError("give either MODEL or --no-weights, not both")
+    if not no_weights and model is None:
+        raise click.UsageError("missing MODEL (a .gguf file), or --no-weights for the bare runtime")
+    if output is None:
+        output = model.with_suffix(".pyz") if model is not None else Path("llamapyz.pyz")
+    try:
+        result = build_pyz(model, output)
+    except PackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {result.path} ({result.size_human})", err=True)
+
+
+def _manifest(pyz: Path) -> object:
+    from runtime.archive import ArchiveError, read_manifest
+
+    try:
+        return read_manifest(pyz)
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.argument("pyz", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect(pyz: Path, as_json: bool) -> None:
+    """Show what a .pyz holds, without running it."""
+    from packager.build import human
+    from runtime.archive import Manifest
+
+    manifest = _manifest(pyz)
+    assert isinstance(manifest, Manifest)
+    if as_json:
+        click.echo(json.dumps(manifest.to_json(), indent=2))
+        return
+    m, w, b = manifest.model, manifest.weights, manifest.build
+    if w is None:
+        click.echo("weights:        none (bare runtime: run it with -m MODEL)")
+    else:
+        click.echo(f"weights:        {w.filename}, {human(w.size)} at offset {w.offset}")
+        click.echo(f"sha256:         {w.sha256}")
+        params = m.get("parameters")
+        click.echo(f"model:          {m.get('name')} ({m.get('architecture')}, "
+                   f"{human(params).replace(' B', '').replace('B', '') if params else '?'} parameters, "
+                   f"{m.get('quantization')})")
+        click.echo(f"context length: {m.get('context_length')}")
+        click.echo(f"chat template:  {'yes' if m.get('chat_template') else 'no'}")
+        click.echo(f"license:        {m.get('license') or 'not stated'}")
+    if manifest.args:
+        click.echo(f"default args:   {' '.join(manifest.args)}")
+    pkgs = ", ".join(f"{k} {v}" for k, v in sorted(b.get("packages", {}).items()))
+    click.echo(f"runtime:        {pkgs}")
+    click.echo(f"built:          {b.get('built_at')} with Python {b.get('python')} on {b.get('platform')}")
+    click.echo(f"cpu variants:   {', '.join(b.get('cpu_variants', []))}")
+
+
+@cli.command()
+@click.argument("pyz", type=click.Path(path_type=Path))
+def verify(pyz: Path) -> None:
+    """Recompute the weights' sha256 and compare it with the manifest."""
+    from runtime.archive import ArchiveError, Manifest, hash_range
+
+    manifest = _manifest(pyz)
+    assert isinstance(manifest, Manifest)
+    w = manifest.weights
+    if w is None:
+        click.echo(f"{pyz}: no weights to verify (bare runtime)", err=True)
+        return
+    try:
+        digest = hash_range(pyz, w.offset, w.size)
+    except (ArchiveError, OSError) as exc:
+        raise click.ClickException(f"{pyz}: {exc}") from None
+    if digest != w.sha256:
+        raise click.ClickException(
+            f"{pyz}: the weights are damaged (sha256 {digest}, the manifest says {w.sha256})"
+        )
+    click.echo(f"{pyz}: weights ok (sha256 {digest})", err=True)

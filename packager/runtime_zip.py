@@ -1,0 +1,185 @@
+"""The runtime half of a .pyz: a shiv zipapp of the runtime and what it imports, built once.
+
+Its files are copied from the build environment's installed distributions (no pip, no
+network, no compiling), keeping only what the runtime uses. The zip is cached by the
+identity of those files, so a build only appends it after the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from packager.errors import PackError
+
+ENTRY_POINT = "runtime.cli:run"
+BOOT_MODULE = "_llamapyz_boot"
+MAIN_PY = f"import {BOOT_MODULE}\n{BOOT_MODULE}.main()\n"
+# Distributions the runtime imports, by their distribution name.
+BUNDLED = ("click", "llama_cpp_python", "typing_extensions")
+# llama-cpp-python's high-level modules import numpy; the runtime uses only the bindings.
+LLAMA_CPP_MODULES = {"__init__.py", "llama_cpp.py", "_ctypes_extensions.py", "_ggml.py"}
+# The libraries the runtime loads; libmtmd (multimodal) is left out.
+LIB_FAMILIES = ("libllama", "libggml", "libggml-base")
+DIST_INFO_KEEP = re.compile(r"(METADATA|LICEN[CS]E.*|COPYING.*|top_level\.txt)$")
+ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
+FORMAT = 2  # bump when the zip's layout changes, to invalidate cached zips
+
+
+@dataclass(frozen=True)
+class RuntimeZip:
+    path: Path
+    build_id: str
+    packages: dict[str, str]
+    cpu_variants: list[str]
+
+
+def _dist_files(name: str) -> list[tuple[str, Path]]:
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise PackError(f"the build environment lacks {name}: run `make install`") from None
+    chosen: list[tuple[str, Path]] = []
+    libs: dict[str, list[str]] = {}
+    for f in dist.files or []:
+        rel = str(f)
+        if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
+            continue
+        parts = rel.split("/")
+        if ".dist-info" in parts[0]:
+            if len(parts) == 2 and DIST_INFO_KEEP.search(parts[1]) or parts[1:2] == ["licenses"]:
+                chosen.append((rel, Path(str(dist.locate_file(f)))))
+            continue
+        if name == "llama_cpp_python":
+            if parts[0] == "llama_cpp" and len(parts) == 2:
+                if parts[1] not in LLAMA_CPP_MODULES:
+                    continue
+            elif parts[:2] == ["llama_cpp", "lib"] and len(parts) == 3:
+                family = parts[2].split(".so")[0]
+                if family in LIB_FAMILIES:
+                    libs.setdefault(family, []).append(parts[2])
+                continue
+            elif parts[0] == "bin" and len(parts) == 2:
+                if not (parts[1].startswith("libggml-cpu-") or parts[1] == "libggml-rpc.so"):
+                    continue
+            else:
+                continue
+        chosen.append((rel, Path(str(dist.locate_file(f)))))
+    for family, names in libs.items():
+        # The wheel installs each library three times (.so, .so.0, .so.0.x.y). Ship one copy,
+        # under the name it is looked up by: libllama.so for llama-cpp-python's loader, the
+        # soname (.so.0) for libraries that other libraries link to.
+        wanted = f"{family}.so" if family == "libllama" else f"{family}.so.0"
+        pick = wanted if wanted in names else sorted(names, key=len)[0]
+        chosen.append((f"llama_cpp/lib/{pick}", Path(str(dist.locate_file(f"llama_cpp/lib/{pick}")))))
+    return chosen
+
+
+def _runtime_package() -> list[tuple[str, Path]]:
+    import runtime
+
+    root = Path(runtime.__file__).parent
+    return [
+        (f"runtime/{p.relative_to(root).as_posix()}", p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    ]
+
+
+def collect() -> list[tuple[str, Path]]:
+    """(path under site-packages, source file) for everything the runtime ships."""
+    files = _runtime_package()
+    for name in BUNDLED:
+        files += _dist_files(name)
+    return sorted(files)
+
+
+def _key(files: list[tuple[str, Path]]) -> str:
+    h = hashlib.sha256(f"{FORMAT} {metadata.version('shiv')}".encode())
+    h.update(sys.version.encode())
+    for arc, src in files:
+        st = src.stat()
+        h.update(f"{arc}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    boot = Path(__file__).resolve().parent.parent / "runtime" / "boot.py"
+    h.update(boot.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _versions() -> dict[str, str]:
+    import runtime
+
+    found = {"llamapyz": runtime.__version__}
+    for name in BUNDLED:
+        found[name] = metadata.version(name)
+    return found
+
+
+def build(cache: Path) -> RuntimeZip:
+    """The runtime zip for the current build environment, from the cache or built now."""
+    files = collect()
+    key = _key(files)
+    target = cache / "build" / f"runtime-{key}.zip"
+    info = target.with_suffix(".json")
+    variants = sorted(
+        arc.split("libggml-cpu-")[1][: -len(".so")] for arc, _ in files if "libggml-cpu-" in arc
+    )
+    if target.exists() and info.exists():
+        try:
+            build_id = json.loads(info.read_text())["build_id"]
+            return RuntimeZip(target, build_id, _versions(), variants)
+        except (OSError, ValueError, KeyError):
+            pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build_id = _write(files, target)
+    info.write_text(json.dumps({"build_id": build_id}))
+    return RuntimeZip(target, build_id, _versions(), variants)
+
+
+def _write(files: list[tuple[str, Path]], target: Path) -> str:
+    from shiv import bootstrap
+    from shiv.bootstrap.environment import Environment
+    from shiv.builder import iter_package_files
+
+    import runtime.boot
+
+    contents = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".runtime-")
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+
+            def put(arcname: str, data: bytes, mode: int = 0o644) -> None:
+                zinfo = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
+                zinfo.compress_type = zipfile.ZIP_DEFLATED
+                zinfo.external_attr = (0o100000 | mode) << 16
+                zf.writestr(zinfo, data)
+
+            for arc, src in files:
+                data = src.read_bytes()
+                contents.update(arc.encode() + b"\0" + data)
+                put(f"site-packages/{arc}", data, 0o755 if ".so" in arc else 0o644)
+            for path, name in iter_package_files(bootstrap):
+                put(f"_bootstrap/{name}", path.read_bytes())
+            put(f"{BOOT_MODULE}.py", Path(runtime.boot.__file__).read_bytes())
+            env = Environment(
+                built_at=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                shiv_version=metadata.version("shiv"),
+                build_id=contents.hexdigest(),
+                entry_point=ENTRY_POINT,
+                compile_pyc=True,
+            )
+            put("environment.json", env.to_json().encode())
+            put("__main__.py", MAIN_PY.encode())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return contents.hexdigest()

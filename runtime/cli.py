@@ -1,0 +1,154 @@
+"""The command a user meets when running a .pyz: a one-shot completion of a prompt."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from runtime import settings
+from runtime.boot import archive
+
+
+def _prog_name() -> str:
+    found = archive()
+    return Path(sys.argv[0]).name if found else "llamapyz"
+
+
+def _version_text() -> str:
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    from runtime import __version__
+
+    py = ".".join(str(v) for v in sys.version_info[:3])
+    return (
+        f"llamapyz {__version__} (llama-cpp-python {version('llama_cpp_python')}, "
+        f"Python {py})"
+    )
+
+
+def _show_version(ctx: click.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_version_text())
+        ctx.exit()
+
+
+def _read_prompt(prompt: Optional[str]) -> str:
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    if prompt is None:
+        raise click.UsageError("no prompt: give one with -p TEXT, or pipe it on stdin")
+    return prompt
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-p", "--prompt", help="Text to complete; '-' reads it from stdin.")
+@click.option("-m", "--model", help="Run these weights instead: a .gguf, or another .pyz.")
+@click.option("-n", "--n-predict", type=int, default=settings.N_PREDICT, show_default=True,
+              help="Tokens to generate; -1 until the model stops.")
+@click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=settings.CTX_SIZE,
+              show_default=True, help="Context size in tokens; 0 uses the model's own.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads. Default: every core this process may use.")
+@click.option("--temp", type=float, default=settings.TEMP, show_default=True,
+              help="Temperature; 0 always picks the likeliest token.")
+@click.option("--top-k", type=int, default=settings.TOP_K, show_default=True)
+@click.option("--top-p", type=float, default=settings.TOP_P, show_default=True)
+@click.option("--min-p", type=float, default=settings.MIN_P, show_default=True)
+@click.option("--repeat-penalty", type=float, default=settings.REPEAT_PENALTY, show_default=True)
+@click.option("--seed", type=int, default=settings.SEED, show_default=True,
+              help="Random seed; -1 picks one.")
+@click.option("--cpu-variant", envvar="LLAMAPYZ_CPU_VARIANT",
+              help="Force a CPU backend variant (e.g. haswell). Env: LLAMAPYZ_CPU_VARIANT.")
+@click.option("--system-info", is_flag=True, help="Show the CPU backend choice and exit.")
+@click.option("--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _p, value: _show_version(ctx, value), help="Show versions and exit.")
+def main(
+    prompt: Optional[str],
+    model: Optional[str],
+    n_predict: int,
+    ctx_size: int,
+    threads: Optional[int],
+    temp: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    repeat_penalty: float,
+    seed: int,
+    cpu_variant: Optional[str],
+    system_info: bool,
+    verbose: bool,
+) -> None:
+    """Run the language model in this file (or -m MODEL) on a prompt."""
+    from runtime import cpu, engine, weights
+
+    try:
+        if system_info:
+            _print_system_info(cpu.choose(cpu_variant, fresh=True))
+            return
+        text = _read_prompt(prompt)
+        source = weights.resolve(model, archive())
+        engine.set_verbose(verbose)
+        choice = cpu.choose(cpu_variant)
+        if verbose:
+            click.echo(f"cpu variant: {choice.variant} ({choice.reason})", err=True)
+        engine.start_backend(choice.path)
+        sampling = engine.Sampling(
+            temp=temp,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=0xFFFFFFFF if seed < 0 else seed,
+        )
+        with engine.Model(
+            source,
+            n_ctx=ctx_size,
+            n_batch=settings.N_BATCH,
+            n_threads=threads or settings.default_threads(),
+        ) as llm:
+            tokens = llm.tokenize(text)
+            out = sys.stdout
+            for piece in llm.generate(tokens, n_predict, sampling):
+                out.write(piece)
+                out.flush()
+            if out.isatty():
+                out.write("\n")
+    except (weights.WeightsError, engine.EngineError, cpu.CpuError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.stdout.write("\n") if sys.stdout.isatty() else None
+        sys.exit(130)
+
+
+def _print_system_info(choice: object) -> None:
+    from runtime import cpu
+
+    assert isinstance(choice, cpu.Choice)
+    fingerprint = cpu.cpu_fingerprint().split()
+    click.echo(f"machine: {fingerprint[0] if fingerprint else '?'}")
+    wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+              "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
+    flags = cpu.cpu_flags()
+    click.echo("cpu features: " + " ".join(f for f in wanted if f in flags))
+    click.echo(f"variants shipped: {', '.join(sorted(cpu.available())) or 'none'}")
+    for name, why in choice.tried.items():
+        click.echo(f"  {name}: {why}")
+    click.echo(f"chosen: {choice.variant} ({choice.reason})")
+
+
+def run() -> None:
+    """Entry point inside a .pyz (and for `python -m runtime`)."""
+    if os.environ.pop("LLAMAPYZ_SHIV_ROOT_SET", None):
+        os.environ.pop("SHIV_ROOT", None)
+    main(prog_name=_prog_name())

@@ -1,0 +1,265 @@
+"""Chooses the CPU backend variant that actually runs on this machine.
+
+CPUID is not enough: a CPU may advertise AMX or AVX-512 features that the kernel or the
+hypervisor does not let a process use, and the variant built for them dies with SIGILL.
+So each candidate, best first, runs a tiny quantized model in a child process; the first
+one that answers is used, and the choice is remembered in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from runtime import selftest_model
+from runtime.boot import cache_dir
+
+PREFIX = "libggml-cpu-"
+PROBE_TIMEOUT = 120
+PROBE_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from runtime.cpu import probe_main; probe_main(sys.argv[2:])"
+)
+SCORES_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from runtime.cpu import scores_main; scores_main(sys.argv[2:])"
+)
+CHOICE_FORMAT = 1
+
+
+class CpuError(Exception):
+    """No CPU variant can run here, or the one asked for does not exist."""
+
+
+@dataclass
+class Choice:
+    """The variant in use and how it was chosen."""
+
+    variant: Optional[str]
+    path: Optional[Path]
+    reason: str
+    tried: dict[str, str] = field(default_factory=dict)
+
+
+def variant_dirs() -> list[Path]:
+    """Where the variant libraries may lie: beside libllama, or in site-packages/bin."""
+    import runtime.engine as engine
+
+    lib = engine.lib_dir()
+    return [lib, lib.parent.parent / "bin"]
+
+
+def available() -> dict[str, Path]:
+    """Variant name -> library path, for every variant shipped."""
+    found: dict[str, Path] = {}
+    for directory in variant_dirs():
+        if directory.is_dir():
+            for path in sorted(directory.glob(PREFIX + "*.so")):
+                found.setdefault(path.name[len(PREFIX) : -len(".so")], path)
+    return found
+
+
+def cpu_fingerprint() -> str:
+    """A short text naming this CPU's model and features."""
+    model = flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = value.strip()
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()} {model} {flags}"
+
+
+def cpu_flags() -> set[str]:
+    return set(cpu_fingerprint().split()[1:])
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _site_dir() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _scores(variants: dict[str, Path]) -> dict[str, int]:
+    """Each variant's own score for this CPU (0: it lacks the features), from a child."""
+    names = sorted(variants)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-s", "-c", SCORES_CODE, _site_dir(), *[str(variants[n]) for n in names]],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            text=True,
+        )
+    except subprocess.TimeoutExpired:
+        return {}
+    if out.returncode != 0:
+        return {}
+    try:
+        values = [int(v) for v in out.stdout.split()]
+    except ValueError:
+        return {}
+    return dict(zip(names, values)) if len(values) == len(names) else {}
+
+
+def _probe(path: Path, model: Path) -> tuple[bool, str]:
+    try:
+        out = subprocess.run(
+            [sys.executable, "-s", "-c", PROBE_CODE, _site_dir(), str(path), str(model)],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            text=True,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"did not answer in {PROBE_TIMEOUT} s"
+    if out.returncode == 0 and out.stdout.strip() == "ok":
+        return True, "ran the self-test"
+    if out.returncode < 0:
+        return False, f"died with {_signal_name(out.returncode)}"
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    return False, lines[-1] if lines else f"exited with code {out.returncode}"
+
+
+def _key(variants: dict[str, Path]) -> str:
+    h = hashlib.sha256(cpu_fingerprint().encode())
+    for name, path in sorted(variants.items()):
+        h.update(f"{name}:{path.stat().st_size}:{int(path.stat().st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _remembered(key: str, variants: dict[str, Path]) -> Optional[Choice]:
+    try:
+        data = json.loads((cache_dir() / "cpu-variant.json").read_text())
+        entry = data["choices"][key]
+        name = entry["variant"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if name not in variants:
+        return None
+    return Choice(name, variants[name], entry.get("reason", "remembered"), dict(entry.get("tried", {})))
+
+
+def _remember(key: str, choice: Choice) -> None:
+    path = cache_dir() / "cpu-variant.json"
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != CHOICE_FORMAT:
+            raise ValueError
+    except (OSError, ValueError):
+        data = {"format": CHOICE_FORMAT, "choices": {}}
+    data["choices"][key] = {"variant": choice.variant, "reason": choice.reason, "tried": choice.tried}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache we cannot write only costs a new self-test next time
+
+
+def choose(forced: Optional[str] = None, fresh: bool = False) -> Choice:
+    """The variant to load: the forced one, the remembered one, or the best that passes."""
+    variants = available()
+    if not variants:
+        # A build without GGML_BACKEND_DL has its CPU backend built in.
+        return Choice(None, None, "the engine has a built-in CPU backend")
+    forced = forced or os.environ.get("LLAMAPYZ_CPU_VARIANT") or None
+    if forced:
+        if forced not in variants:
+            raise CpuError(
+                f"there is no CPU variant {forced!r}; the bundle has {', '.join(sorted(variants))}"
+            )
+        return Choice(forced, variants[forced], "forced by the user")
+    key = _key(variants)
+    if not fresh:
+        known = _remembered(key, variants)
+        if known:
+            return known
+    scores = _scores(variants)
+    order = sorted(variants, key=lambda n: (-scores.get(n, 1), n))
+    model = cache_dir() / "selftest-v1.gguf"
+    try:
+        if not model.exists():
+            selftest_model.write(model)
+    except OSError:
+        import tempfile
+
+        model = Path(tempfile.mkdtemp(prefix="llamapyz-")) / "selftest-v1.gguf"
+        selftest_model.write(model)
+    tried: dict[str, str] = {}
+    unsupported = [n for n in order if scores and scores.get(n, 0) == 0]
+    for name in order:
+        if name in unsupported:
+            continue
+        ok, why = _probe(variants[name], model)
+        tried[name] = why if ok else f"refused: {why}"
+        if ok:
+            for other in unsupported:
+                tried[other] = "refused: this CPU lacks the features it was built for"
+            score = f" (score {scores[name]})" if name in scores else ""
+            choice = Choice(name, variants[name], f"the best variant{score} that ran the self-test", tried)
+            _remember(key, choice)
+            return choice
+    for other in unsupported:
+        tried[other] = "refused: this CPU lacks the features it was built for"
+    raise CpuError(
+        "no CPU variant runs on this machine: "
+        + "; ".join(f"{n}: {why}" for n, why in tried.items())
+    )
+
+
+def scores_main(paths: list[str]) -> None:
+    """Child: print each variant library's score for this CPU."""
+    import ctypes
+
+    import runtime.engine as engine
+
+    engine.bindings()  # loads libggml-base, which the variants link to
+    for p in paths:
+        lib = ctypes.CDLL(p)
+        fn = getattr(lib, "ggml_backend_score", None)
+        if fn is None:
+            print(1)
+            continue
+        fn.restype = ctypes.c_int
+        print(int(fn()))
+
+
+def probe_main(args: list[str]) -> None:
+    """Child: load one variant and run the self-test model; print ok."""
+    import runtime.engine as engine
+
+    variant, model = Path(args[0]), Path(args[1])
+    engine.set_verbose(False)
+    try:
+        engine.start_backend(variant)
+        from runtime.weights import ModelSource
+
+        source = ModelSource(model, 0, model.stat().st_size, str(model))
+        with engine.Model(source, n_ctx=64, n_batch=32, n_threads=min(2, os.cpu_count() or 1)) as m:
+            prompt = m.tokenize("the quick brown fox jumps over the lazy dog")
+            text = "".join(m.generate(prompt, 4, engine.Sampling(temp=0.0)))
+    except engine.EngineError as exc:
+        print(exc)
+        sys.exit(3)
+    print("ok" if isinstance(text, str) else "no text")

@@ -1,0 +1,321 @@
+"""The only module that imports llama_cpp: backend start, model load (FILE* included), generation.
+
+We use llama-cpp-python's ctypes bindings (`llama_cpp.llama_cpp`) and none of its high-level
+classes: `llama_cpp/__init__.py` imports numpy, which the .pyz does not carry, and the
+high-level generate loop copies logits through numpy for every token. Sampling happens in
+llama.cpp's own sampler chain, in the same order llama-cpp-python builds it, so that the
+same seed and settings give the same tokens. `tests/test_engine_bindings.py` fails if the
+bindings we lean on drift.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import importlib
+import importlib.util
+import sys
+import types
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from runtime.weights import ModelSource
+
+LAST_N_PENALTY = 64  # llama-cpp-python's last_n_tokens_size
+
+
+class EngineError(Exception):
+    """The engine could not load or run a model."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+
+
+_log_lines: deque[str] = deque(maxlen=40)
+_log_verbose = False
+_log_callback: Any = None  # keeps the ctypes callback alive for as long as llama.cpp holds it
+
+
+def bindings() -> Any:
+    """`llama_cpp.llama_cpp` (the ctypes bindings), imported without the package's __init__."""
+    module = sys.modules.get("llama_cpp.llama_cpp")
+    if module is not None:
+        return module
+    if "llama_cpp" not in sys.modules:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or not spec.submodule_search_locations:
+            raise EngineError("llama-cpp-python is not installed")
+        package = types.ModuleType("llama_cpp")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        package.__file__ = spec.origin
+        sys.modules["llama_cpp"] = package
+    try:
+        return importlib.import_module("llama_cpp.llama_cpp")
+    except (OSError, RuntimeError, FileNotFoundError) as exc:
+        raise EngineError(f"cannot load llama.cpp's shared library ({exc})") from None
+
+
+def lib_dir() -> Path:
+    """The directory holding libllama and libggml."""
+    return Path(bindings().__file__).parent / "lib"
+
+
+def set_verbose(verbose: bool) -> None:
+    """Route llama.cpp's and ggml's log to stderr (verbose) or to a short memory for errors."""
+    global _log_verbose, _log_callback
+    _log_verbose = verbose
+    if _log_callback is not None:
+        return
+    C = bindings()
+
+    def on_log(level: int, text: bytes, user_data: Any) -> None:
+        line = text.decode("utf-8", "replace") if text else ""
+        _log_lines.append(line)
+        if _log_verbose:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    _log_callback = C.llama_log_callback(on_log)
+    C.llama_log_set(_log_callback, ctypes.c_void_p())
+
+
+def last_log_error() -> str:
+    """The last error-looking line llama.cpp logged, for messages."""
+    for line in reversed(_log_lines):
+        text = line.strip()
+        if text and ("error" in text.lower() or "failed" in text.lower()):
+            return text
+    return ""
+
+
+_libc: Optional[ctypes.CDLL] = None
+
+
+def _c() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.fseeko.restype = ctypes.c_int
+        libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+        libc.fclose.restype = ctypes.c_int
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        _libc = libc
+    return _libc
+
+
+class Model:
+    """A loaded llama.cpp model, its vocabulary and one context."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_threads: int = 1,
+        use_mmap: bool = True,
+    ) -> None:
+        C = bindings()
+        self._C = C
+        self._file: Optional[int] = None
+        self._model: Any = None
+        self._ctx: Any = None
+        self.source = source
+
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = 0
+        params.load_mode = C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE
+        if source.offset == 0:
+            self._model = C.llama_model_load_from_file(str(source.path).encode(), params)
+        else:
+            # Embedded weights: llama.cpp reads the GGUF from the FILE*'s position and
+            # mmaps the tensors in place, so nothing is copied out of the .pyz.
+            libc = _c()
+            fp = libc.fopen(str(source.path).encode(), b"rb")
+            if not fp:
+                raise EngineError(f"cannot open {source.path}")
+            self._file = fp
+            if libc.fseeko(fp, source.offset, 0) != 0:
+                self.close()
+                raise EngineError(f"cannot seek to the weights in {source.path}")
+            self._model = C.llama_model_load_from_file_ptr(ctypes.c_void_p(fp), params)
+        if not self._model:
+            detail = last_log_error()
+            self.close()
+            raise EngineError(
+                f"llama.cpp could not load the model in {source.label}"
+                + (f": {detail}" if detail else "")
+            )
+        self._vocab = C.llama_model_get_vocab(self._model)
+        self.n_ctx_train = int(C.llama_model_n_ctx_train(self._model))
+        self.n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
+
+        n_ctx = n_ctx if n_ctx > 0 else self.n_ctx_train
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(n_batch, n_ctx)
+        cparams.n_ubatch = min(n_batch, n_ctx)
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.no_perf = True
+        self._ctx = C.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            detail = last_log_error()
+            self.close()
+            raise EngineError(
+                f"llama.cpp could not create a context of {n_ctx} tokens"
+                + (f": {detail}" if detail else "")
+            )
+        self.n_ctx = int(C.llama_n_ctx(self._ctx))
+        self.n_batch = int(cparams.n_batch)
+
+    def meta(self, key: str) -> Optional[str]:
+        """A GGUF metadata value as text, or None."""
+        buf = ctypes.create_string_buffer(4096)
+        n = self._C.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            self._C.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        C = self._C
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        tokens = (C.llama_token * cap)()
+        n = C.llama_tokenize(self._vocab, data, len(data), tokens, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            tokens = (C.llama_token * cap)()
+            n = C.llama_tokenize(self._vocab, data, len(data), tokens, cap, add_special, True)
+        return list(tokens[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _sampler(self, s: Sampling) -> Any:
+        C = self._C
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        add = C.llama_sampler_chain_add
+        add(chain, C.llama_sampler_init_penalties(self.n_vocab, LAST_N_PENALTY, s.repeat_penalty, 0.0, 0.0))
+        if s.temp < 0.0:
+            add(chain, C.llama_sampler_init_dist(s.seed))
+        elif s.temp == 0.0:
+            add(chain, C.llama_sampler_init_greedy())
+        else:
+            add(chain, C.llama_sampler_init_top_k(s.top_k))
+            add(chain, C.llama_sampler_init_typical(s.typical_p, 1))
+            add(chain, C.llama_sampler_init_top_p(s.top_p, 1))
+            add(chain, C.llama_sampler_init_min_p(s.min_p, 1))
+            add(chain, C.llama_sampler_init_temp(s.temp))
+            add(chain, C.llama_sampler_init_dist(s.seed))
+        return chain
+
+    def _decode(self, tokens: list[int]) -> None:
+        C = self._C
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            arr = (C.llama_token * len(chunk))(*chunk)
+            rc = C.llama_decode(self._ctx, C.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                detail = last_log_error()
+                raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}) {detail}".strip())
+
+    def generate(self, prompt: list[int], n_predict: int, sampling: Sampling) -> Iterator[str]:
+        """Stream the completion of `prompt` as text, piece by piece."""
+        C = self._C
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) >= self.n_ctx:
+            raise EngineError(
+                f"the prompt is {len(prompt)} tokens, longer than the context of {self.n_ctx} (raise -c)"
+            )
+        C.llama_memory_clear(C.llama_get_memory(self._ctx), True)
+        sampler = self._sampler(sampling)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        try:
+            self._decode(prompt)
+            n_past = len(prompt)
+            produced = 0
+            token_arr = (C.llama_token * 1)()
+            while n_predict < 0 or produced < n_predict:
+                if n_past >= self.n_ctx:
+                    break
+                token = int(C.llama_sampler_sample(sampler, self._ctx, -1))
+                if C.llama_vocab_is_eog(self._vocab, token):
+                    break
+                produced += 1
+                text = decoder.decode(self.piece(token))
+                if text:
+                    yield text
+                token_arr[0] = token
+                rc = C.llama_decode(self._ctx, C.llama_batch_get_one(token_arr, 1))
+                if rc != 0:
+                    raise EngineError(f"llama.cpp failed to decode (code {rc})")
+                n_past += 1
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            C.llama_sampler_free(sampler)
+
+    def close(self) -> None:
+        C = self._C
+        if self._ctx:
+            C.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            C.llama_model_free(self._model)
+            self._model = None
+        if self._file:
+            _c().fclose(self._file)
+            self._file = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_backend(variant_path: Optional[Path]) -> None:
+    """Register the CPU backend variant with the libggml that libllama links to, then init."""
+    C = bindings()
+    if variant_path is not None:
+        ggml = ctypes.CDLL(str(ggml_library()))
+        ggml.ggml_backend_load.restype = ctypes.c_void_p
+        ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+        if not ggml.ggml_backend_load(str(variant_path).encode()):
+            raise EngineError(f"cannot load the CPU backend {variant_path.name}")
+    C.llama_backend_init()
+
+
+def ggml_library() -> Path:
+    """The libggml file that libllama resolves, under the name it resolves it by."""
+    for name in ("libggml.so.0", "libggml.so"):
+        path = lib_dir() / name
+        if path.exists():
+            return path
+    raise EngineError(f"no libggml in {lib_dir()}")

@@ -1,0 +1,24 @@
+"""Run-time defaults, defined once; flags and the archive's baked-in arguments override them."""
+
+from __future__ import annotations
+
+import os
+
+
+def default_threads() -> int:
+    """The cores this process may use (llama-cpp-python's default of half the CPUs is slower)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+N_PREDICT = -1  # until the model stops or the context is full
+CTX_SIZE = 4096  # 0: the model's training context
+N_BATCH = 512
+TEMP = 0.8
+TOP_K = 40
+TOP_P = 0.95
+MIN_P = 0.05
+REPEAT_PENALTY = 1.0
+SEED = -1  # random

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds llama-cpp-python 0.3.36 portable (every CPU variant, RPC) into a wheelhouse keyed
+# by the flags, so that pip's own cache can never hand back a native build.
+# Prints the wheelhouse directory on stdout.
+set -euo pipefail
+VERSION=0.3.36
+FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_RPC=ON"
+PYTHON=${PYTHON:-python3}
+CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
+KEY=$(printf '%s %s %s' "$VERSION" "$FLAGS" "$(uname -m)" | sha256sum | cut -c1-12)
+HOUSE="$CACHE/wheels/llama-cpp-python-$VERSION-$KEY"
+mkdir -p "$HOUSE"
+wheel=$(ls "$HOUSE"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$wheel" ]; then
+  echo "building llama-cpp-python $VERSION portable (several minutes, once) ..." >&2
+  tmp=$(mktemp -d "$HOUSE/.build.XXXXXX")
+  CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PYTHON" -m pip wheel --no-deps --no-cache-dir \
+    -w "$tmp" "llama-cpp-python==$VERSION" >"$tmp/build.log" 2>&1 || { tail -n 40 "$tmp/build.log" >&2; exit 1; }
+  mv "$tmp"/llama_cpp_python-*.whl "$HOUSE"/
+  rm -rf "$tmp"
+  wheel=$(ls "$HOUSE"/llama_cpp_python-"$VERSION"-*.whl | head -n1)
+fi
+# A native build has no variant libraries: refuse it rather than ship one.
+listing=$("$PYTHON" -m zipfile -l "$wheel")
+for variant in x64 haswell skylakex; do
+  if ! grep -q "libggml-cpu-$variant.so" <<<"$listing"; then
+    echo "$wheel has no libggml-cpu-$variant.so: not a portable build" >&2
+    exit 1
+  fi
+done
+echo "$HOUSE"
