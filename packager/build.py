@@ -25,7 +25,7 @@ from runtime.archive import (
     ALIGNMENT,
     CHUNK,
     MANIFEST_NAME,
-    SHEBANG,
+    PREAMBLE,
     Manifest,
     Weights,
     align_up,
@@ -225,7 +225,7 @@ def build_pyz(
     tmp = Path(tmp_name)
     try:
         with _sigterm_interrupts(), open(fd, "w+b", buffering=0) as out:
-            out.write(SHEBANG)
+            out.write(PREAMBLE)
             weights = None
             if model is not None:
                 offset = ALIGNMENT

@@ -17,7 +17,24 @@ from typing import Any, BinaryIO, Callable, Optional
 ALIGNMENT = 64 * 1024
 MANIFEST_NAME = "llamapyz.json"
 MANIFEST_FORMAT = 1
-SHEBANG = b"#!/usr/bin/env python3\n"
+# The file starts as a POSIX sh script: it finds a Python, refuses a file whose zip is gone
+# (Python would otherwise try to run the binary as source), then runs the zipapp. sh reads
+# line by line and never reaches the GGUF after `exec`/`exit`; `python3 FILE` skips it.
+PREAMBLE = b"""#!/bin/sh
+# llamapyz: a language model in one file (sh preamble, GGUF weights, Python zipapp).
+for py in "${LLAMAPYZ_PYTHON:-python3}" python3 python3.13 python3.12 python3.11 python3.10 python3.9; do
+  command -v "$py" >/dev/null 2>&1 || continue
+  exec "$py" -I -c 'import sys, zipfile
+p = sys.argv[1]
+if not zipfile.is_zipfile(p):
+    sys.exit(p + " is damaged or truncated: the runtime at its end is missing; copy or build it again")
+sys.argv = sys.argv[1:]
+import runpy
+runpy.run_path(p, run_name="__main__")' "$0" "$@"
+done
+echo "$0: needs Python 3.9 or newer (python3), and none was found on PATH" >&2
+exit 127
+"""
 GGUF_MAGIC = b"GGUF"
 CHUNK = 8 * 1024 * 1024
 

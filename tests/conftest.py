@@ -1,0 +1,170 @@
+"""Fixtures: a tiny real GGUF written with GGUFWriter, SmolLM2 from a cache, built .pyz files,
+and an isolated cache and HOME for every subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import fetch_smollm2  # noqa: E402
+
+PACK = str(Path(sys.executable).parent / "pack")
+WORDS = "the quick brown fox jumps over a lazy dog and then runs far away home".split()
+
+
+def write_tiny_gguf(path: Path, *, chat_template: str | None = None, seed: int = 2) -> Path:
+    """A runnable llama model: 2 layers, 64 wide, random F32 weights, an ASCII SentencePiece vocab."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_ff, n_layer = 64, 4, 128, 2
+    tokens = ["<unk>", "<s>", "</s>", "<0x0A>"]
+    types = [
+        gguf.TokenType.UNKNOWN,
+        gguf.TokenType.CONTROL,
+        gguf.TokenType.CONTROL,
+        gguf.TokenType.BYTE,
+    ]
+    pieces = ["\u2581" + w for w in WORDS] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += [".", ",", "\u2581"]
+    tokens += pieces
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    n_vocab = len(tokens)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head)
+    writer.add_rope_dimension_count(n_embd // n_head)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) for i in range(n_vocab)])
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd))
+    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor("output.weight", weight(n_vocab, n_embd))
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(p + name + ".weight", weight(n_embd, n_embd))
+        writer.add_tensor(p + "ffn_gate.weight", weight(n_ff, n_embd))
+        writer.add_tensor(p + "ffn_up.weight", weight(n_ff, n_embd))
+        writer.add_tensor(p + "ffn_down.weight", weight(n_embd, n_ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One llamapyz cache for the session: the runtime zip and CPU choice are made once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(
+    session_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("LLAMAPYZ_CACHE", str(session_cache))
+    monkeypatch.setenv("LLAMAPYZ_DEV_CACHE", str(fetch_smollm2.dev_cache()))
+    for var in ("XDG_CACHE_HOME", "SHIV_ROOT", "LLAMAPYZ_CPU_VARIANT"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return fetch_smollm2.fetch()
+
+
+def pack(*args: str, cwd: Path | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run the real `pack` command."""
+    return subprocess.run(
+        [PACK, *args], capture_output=True, text=True, cwd=cwd, timeout=600, **kw  # type: ignore[call-overload]
+    )
+
+
+def run_pyz(
+    pyz: Path, *args: str, cwd: Path | None = None, input: str | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    """Run a .pyz as a user does: as an executable file."""
+    return subprocess.run(
+        [str(pyz), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        input=input,
+        timeout=600,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def build_session_pyz(factory: pytest.TempPathFactory, cache: Path, *args: str) -> Path:
+    out = factory.mktemp("pyz") / "model.pyz"
+    env = dict(os.environ, LLAMAPYZ_CACHE=str(cache))
+    result = pack("build", *args, "-o", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pyz(tmp_path_factory: pytest.TempPathFactory, session_cache: Path, tiny_gguf: Path) -> Path:
+    return build_session_pyz(tmp_path_factory, session_cache, str(tiny_gguf))
+
+
+@pytest.fixture(scope="session")
+def bare_pyz(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
+    return build_session_pyz(tmp_path_factory, session_cache, "--no-weights")
+
+
+@pytest.fixture(scope="session")
+def smollm2_pyz(
+    tmp_path_factory: pytest.TempPathFactory, session_cache: Path, smollm2: Path
+) -> Path:
+    return build_session_pyz(tmp_path_factory, session_cache, str(smollm2))
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    """One clear line on stderr containing `text`, the exit code, and no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert text in result.stderr, result.stderr
+    assert result.stdout == "", result.stdout
+    if code == 1:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
