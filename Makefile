@@ -21,7 +21,7 @@ smollm2.pyz: install
 
 demo: smollm2.pyz
 	chmod +x smollm2.pyz
-	./smollm2.pyz -p "The capital of France is" -n 24 --temp 0
+	./smollm2.pyz -p "The capital of France is" -n 24 --temp 0; echo
 
 test: install
 	$(PY) -m pytest -q

@@ -123,7 +123,9 @@ class _Progress:
         if self.show and (now - self.last > 0.1 or self.done >= self.total):
             self.last = now
             pct = 100 * self.done // max(1, self.total)
-            sys.stderr.write(f"\r{self.label}: {pct:3d}% ({human(self.done)} of {human(self.total)})")
+            sys.stderr.write(
+                f"\r{self.label}: {pct:3d}% ({human(self.done)} of {human(self.total)})"
+            )
             if self.done >= self.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
@@ -195,7 +197,9 @@ def _check_output(model: Optional[Path], output: Path) -> None:
 
 def _write_error(output: Path, exc: OSError) -> PackError:
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return PackError(f"cannot write {output}: {exc.strerror} (the disk is full or the file too large)")
+        return PackError(
+            f"cannot write {output}: {exc.strerror} (the disk is full or the file too large)"
+        )
     return PackError(f"cannot write {output}: {exc.strerror or exc}")
 
 
@@ -236,7 +240,9 @@ def build_pyz(
                 weights = Weights(offset=offset, size=size, sha256=sha, filename=model.name)
                 out.seek(offset + size)
                 write_padding(out, align_up(out.tell(), 16))
-            manifest = Manifest(weights=weights, model=facts, args=list(args or []), build=build_info)
+            manifest = Manifest(
+                weights=weights, model=facts, args=list(args or []), build=build_info
+            )
             base = out.tell()
             with rz.path.open("rb") as zfh:
                 while True:
@@ -244,7 +250,7 @@ def build_pyz(
                     if not block:
                         break
                     out.write(block)
-            with zipfile.ZipFile(_Shifted(out, base), "a") as zf:  # type: ignore[arg-type]
+            with zipfile.ZipFile(_Shifted(out, base), "a") as zf:
                 zinfo = zipfile.ZipInfo(MANIFEST_NAME, date_time=runtime_zip.ZIP_EPOCH)
                 zinfo.external_attr = 0o100644 << 16
                 zf.writestr(zinfo, json.dumps(manifest.to_json(), indent=1))

@@ -23,8 +23,12 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Where to write the executable. Default: MODEL with a .pyz suffix.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Where to write the executable. Default: MODEL with a .pyz suffix.",
+)
 @click.option("--no-weights", is_flag=True, help="Build the bare runtime, which then needs -m.")
 def build(model: Optional[Path], output: Optional[Path], no_weights: bool) -> None:
     """Bundle MODEL (a .gguf) and the runtime into one executable file."""
@@ -41,6 +45,15 @@ def build(model: Optional[Path], output: Optional[Path], no_weights: bool) -> No
     except PackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {result.path} ({result.size_human})", err=True)
+
+
+def _count(n: object) -> str:
+    if not isinstance(n, int):
+        return "?"
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 def _manifest(pyz: Path) -> object:
@@ -71,10 +84,10 @@ def inspect(pyz: Path, as_json: bool) -> None:
     else:
         click.echo(f"weights:        {w.filename}, {human(w.size)} at offset {w.offset}")
         click.echo(f"sha256:         {w.sha256}")
-        params = m.get("parameters")
-        click.echo(f"model:          {m.get('name')} ({m.get('architecture')}, "
-                   f"{human(params).replace(' B', '').replace('B', '') if params else '?'} parameters, "
-                   f"{m.get('quantization')})")
+        click.echo(
+            f"model:          {m.get('name')} ({m.get('architecture')}, "
+            f"{_count(m.get('parameters'))} parameters, {m.get('quantization')})"
+        )
         click.echo(f"context length: {m.get('context_length')}")
         click.echo(f"chat template:  {'yes' if m.get('chat_template') else 'no'}")
         click.echo(f"license:        {m.get('license') or 'not stated'}")
@@ -82,7 +95,9 @@ def inspect(pyz: Path, as_json: bool) -> None:
         click.echo(f"default args:   {' '.join(manifest.args)}")
     pkgs = ", ".join(f"{k} {v}" for k, v in sorted(b.get("packages", {}).items()))
     click.echo(f"runtime:        {pkgs}")
-    click.echo(f"built:          {b.get('built_at')} with Python {b.get('python')} on {b.get('platform')}")
+    click.echo(
+        f"built:          {b.get('built_at')} with Python {b.get('python')} on {b.get('platform')}"
+    )
     click.echo(f"cpu variants:   {', '.join(b.get('cpu_variants', []))}")
 
 

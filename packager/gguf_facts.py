@@ -47,7 +47,9 @@ def read_facts(path: Path) -> dict[str, Any]:
         tensors = list(reader.tensors)
         end = max((int(t.data_offset) + int(t.n_bytes) for t in tensors), default=0)
     except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
-        raise PackError(f"{path} is not a readable GGUF file (truncated or damaged: {exc})") from None
+        raise PackError(
+            f"{path} is not a readable GGUF file (truncated or damaged: {exc})"
+        ) from None
     if end > size:
         raise PackError(f"{path} is truncated: its tensors need {end} bytes, the file has {size}")
     if not tensors:

@@ -80,7 +80,9 @@ def _dist_files(name: str) -> list[tuple[str, Path]]:
         # soname (.so.0) for libraries that other libraries link to.
         wanted = f"{family}.so" if family == "libllama" else f"{family}.so.0"
         pick = wanted if wanted in names else sorted(names, key=len)[0]
-        chosen.append((f"llama_cpp/lib/{pick}", Path(str(dist.locate_file(f"llama_cpp/lib/{pick}")))))
+        chosen.append(
+            (f"llama_cpp/lib/{pick}", Path(str(dist.locate_file(f"llama_cpp/lib/{pick}"))))
+        )
     return chosen
 
 

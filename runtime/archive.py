@@ -115,7 +115,9 @@ def read_manifest(path: Path) -> Manifest:
     except (zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"{path} is not a llamapyz file or is damaged ({exc})") from None
     except KeyError:
-        raise ArchiveError(f"{path} is a zip file but not a llamapyz file (no {MANIFEST_NAME})") from None
+        raise ArchiveError(
+            f"{path} is a zip file but not a llamapyz file (no {MANIFEST_NAME})"
+        ) from None
     try:
         manifest = Manifest.from_json(json.loads(raw))
     except (ValueError, KeyError, TypeError) as exc:

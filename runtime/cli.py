@@ -30,10 +30,7 @@ def _version_text() -> str:
     from runtime import __version__
 
     py = ".".join(str(v) for v in sys.version_info[:3])
-    return (
-        f"llamapyz {__version__} (llama-cpp-python {version('llama_cpp_python')}, "
-        f"Python {py})"
-    )
+    return f"llamapyz {__version__} (llama-cpp-python {version('llama_cpp_python')}, Python {py})"
 
 
 def _show_version(ctx: click.Context, value: bool) -> None:
@@ -53,26 +50,82 @@ def _read_prompt(prompt: Optional[str]) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-p", "--prompt", help="Text to complete; '-' reads it from stdin.")
 @click.option("-m", "--model", help="Run these weights instead: a .gguf, or another .pyz.")
-@click.option("-n", "--n-predict", type=int, default=settings.N_PREDICT, show_default=True,
-              help="Tokens to generate; -1 until the model stops.")
-@click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=settings.CTX_SIZE,
-              show_default=True, help="Context size in tokens; 0 uses the model's own.")
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads. Default: every core this process may use.")
-@click.option("--temp", type=float, default=settings.TEMP, show_default=True,
-              help="Temperature; 0 always picks the likeliest token.")
-@click.option("--top-k", type=int, default=settings.TOP_K, show_default=True)
-@click.option("--top-p", type=float, default=settings.TOP_P, show_default=True)
-@click.option("--min-p", type=float, default=settings.MIN_P, show_default=True)
-@click.option("--repeat-penalty", type=float, default=settings.REPEAT_PENALTY, show_default=True)
-@click.option("--seed", type=int, default=settings.SEED, show_default=True,
-              help="Random seed; -1 picks one.")
-@click.option("--cpu-variant", envvar="LLAMAPYZ_CPU_VARIANT",
-              help="Force a CPU backend variant (e.g. haswell). Env: LLAMAPYZ_CPU_VARIANT.")
+@click.option(
+    "-n",
+    "--n-predict",
+    type=int,
+    default=settings.N_PREDICT,
+    show_default=True,
+    help="Tokens to generate; -1 until the model stops.",
+)
+@click.option(
+    "-c",
+    "--ctx-size",
+    type=click.IntRange(min=0),
+    default=settings.CTX_SIZE,
+    show_default=True,
+    help="Context size in tokens; 0 uses the model's own.",
+)
+@click.option(
+    "-t",
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads. Default: every core this process may use.",
+)
+@click.option(
+    "--temp",
+    type=float,
+    default=settings.TEMP,
+    show_default=True,
+    help="Temperature; 0 always picks the likeliest token.",
+)
+@click.option(
+    "--top-k",
+    type=int,
+    default=settings.TOP_K,
+    show_default=True,
+    help="Keep the K likeliest tokens; 0 keeps all.",
+)
+@click.option(
+    "--top-p",
+    type=float,
+    default=settings.TOP_P,
+    show_default=True,
+    help="Keep the likeliest tokens up to this total probability.",
+)
+@click.option(
+    "--min-p",
+    type=float,
+    default=settings.MIN_P,
+    show_default=True,
+    help="Drop tokens less likely than this fraction of the likeliest.",
+)
+@click.option(
+    "--repeat-penalty",
+    type=float,
+    default=settings.REPEAT_PENALTY,
+    show_default=True,
+    help="Penalty for repeating any of the last 64 tokens; 1 is none.",
+)
+@click.option(
+    "--seed", type=int, default=settings.SEED, show_default=True, help="Random seed; -1 picks one."
+)
+@click.option(
+    "--cpu-variant",
+    envvar="LLAMAPYZ_CPU_VARIANT",
+    help="Force a CPU backend variant (e.g. haswell). Env: LLAMAPYZ_CPU_VARIANT.",
+)
 @click.option("--system-info", is_flag=True, help="Show the CPU backend choice and exit.")
 @click.option("--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=lambda ctx, _p, value: _show_version(ctx, value), help="Show versions and exit.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _p, value: _show_version(ctx, value),
+    help="Show versions and exit.",
+)
 def main(
     prompt: Optional[str],
     model: Optional[str],
@@ -137,8 +190,20 @@ def _print_system_info(choice: object) -> None:
     assert isinstance(choice, cpu.Choice)
     fingerprint = cpu.cpu_fingerprint().split()
     click.echo(f"machine: {fingerprint[0] if fingerprint else '?'}")
-    wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-              "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
+    wanted = (
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx_vnni",
+        "amx_tile",
+        "amx_int8",
+    )
     flags = cpu.cpu_flags()
     click.echo("cpu features: " + " ".join(f for f in wanted if f in flags))
     click.echo(f"variants shipped: {', '.join(sorted(cpu.available())) or 'none'}")

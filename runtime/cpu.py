@@ -106,7 +106,14 @@ def _scores(variants: dict[str, Path]) -> dict[str, int]:
     names = sorted(variants)
     try:
         out = subprocess.run(
-            [sys.executable, "-s", "-c", SCORES_CODE, _site_dir(), *[str(variants[n]) for n in names]],
+            [
+                sys.executable,
+                "-s",
+                "-c",
+                SCORES_CODE,
+                _site_dir(),
+                *[str(variants[n]) for n in names],
+            ],
             capture_output=True,
             timeout=PROBE_TIMEOUT,
             text=True,
@@ -156,7 +163,9 @@ def _remembered(key: str, variants: dict[str, Path]) -> Optional[Choice]:
         return None
     if name not in variants:
         return None
-    return Choice(name, variants[name], entry.get("reason", "remembered"), dict(entry.get("tried", {})))
+    return Choice(
+        name, variants[name], entry.get("reason", "remembered"), dict(entry.get("tried", {}))
+    )
 
 
 def _remember(key: str, choice: Choice) -> None:
@@ -167,7 +176,11 @@ def _remember(key: str, choice: Choice) -> None:
             raise ValueError
     except (OSError, ValueError):
         data = {"format": CHOICE_FORMAT, "choices": {}}
-    data["choices"][key] = {"variant": choice.variant, "reason": choice.reason, "tried": choice.tried}
+    data["choices"][key] = {
+        "variant": choice.variant,
+        "reason": choice.reason,
+        "tried": choice.tried,
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -217,7 +230,9 @@ def choose(forced: Optional[str] = None, fresh: bool = False) -> Choice:
             for other in unsupported:
                 tried[other] = "refused: this CPU lacks the features it was built for"
             score = f" (score {scores[name]})" if name in scores else ""
-            choice = Choice(name, variants[name], f"the best variant{score} that ran the self-test", tried)
+            choice = Choice(
+                name, variants[name], f"the best variant{score} that ran the self-test", tried
+            )
             _remember(key, choice)
             return choice
     for other in unsupported:

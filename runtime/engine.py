@@ -219,7 +219,12 @@ class Model:
         C = self._C
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = C.llama_sampler_chain_add
-        add(chain, C.llama_sampler_init_penalties(self.n_vocab, LAST_N_PENALTY, s.repeat_penalty, 0.0, 0.0))
+        add(
+            chain,
+            C.llama_sampler_init_penalties(
+                self.n_vocab, LAST_N_PENALTY, s.repeat_penalty, 0.0, 0.0
+            ),
+        )
         if s.temp < 0.0:
             add(chain, C.llama_sampler_init_dist(s.seed))
         elif s.temp == 0.0:
@@ -241,7 +246,9 @@ class Model:
             rc = C.llama_decode(self._ctx, C.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
                 detail = last_log_error()
-                raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc}) {detail}".strip())
+                raise EngineError(
+                    f"llama.cpp failed to evaluate the prompt (code {rc}) {detail}".strip()
+                )
 
     def generate(self, prompt: list[int], n_predict: int, sampling: Sampling) -> Iterator[str]:
         """Stream the completion of `prompt` as text, piece by piece."""

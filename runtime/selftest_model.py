@@ -20,7 +20,22 @@ CONTEXT = 128
 ALIGN = 32
 Q4_0 = 2
 F32 = 0
-WORDS = "the quick brown fox jumps over a lazy dog and then runs far away".split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "and",
+    "then",
+    "runs",
+    "far",
+    "away",
+]
 
 
 def _vocab() -> tuple[list[str], list[int]]:
@@ -102,7 +117,9 @@ def write(path: Path) -> None:
             (p + "ffn_norm.weight", (N_EMBD,), F32, ones),
         ]
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            tensors.append((p + name + ".weight", (N_EMBD, N_EMBD), Q4_0, _q4_0(N_EMBD, N_EMBD, rng)))
+            tensors.append(
+                (p + name + ".weight", (N_EMBD, N_EMBD), Q4_0, _q4_0(N_EMBD, N_EMBD, rng))
+            )
         for name in ("ffn_gate", "ffn_up"):
             tensors.append((p + name + ".weight", (N_EMBD, N_FF), Q4_0, _q4_0(N_FF, N_EMBD, rng)))
         tensors.append((p + "ffn_down.weight", (N_FF, N_EMBD), Q4_0, _q4_0(N_EMBD, N_FF, rng)))

@@ -35,7 +35,9 @@ def embedded(pyz: Path) -> ModelSource:
             f"{pyz.name} carries no weights (built with --no-weights): give a model with -m"
         )
     w = manifest.weights
-    return ModelSource(path=pyz, offset=w.offset, size=w.size, label=f"{pyz.name} (embedded {w.filename})")
+    return ModelSource(
+        path=pyz, offset=w.offset, size=w.size, label=f"{pyz.name} (embedded {w.filename})"
+    )
 
 
 def from_path(spec: str) -> ModelSource:

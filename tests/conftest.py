@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import fetch_smollm2  # noqa: E402
 
 PACK = str(Path(sys.executable).parent / "pack")
-WORDS = "the quick brown fox jumps over a lazy dog and then runs far away home".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "then", "runs", "far", "away", "home"]
 
 
 def write_tiny_gguf(path: Path, *, chat_template: str | None = None, seed: int = 2) -> Path:
@@ -116,7 +116,12 @@ def smollm2() -> Path:
 def pack(*args: str, cwd: Path | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
     """Run the real `pack` command."""
     return subprocess.run(
-        [PACK, *args], capture_output=True, text=True, cwd=cwd, timeout=600, **kw  # type: ignore[call-overload]
+        [PACK, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        **kw,  # type: ignore[call-overload]
     )
 
 
@@ -144,7 +149,9 @@ def build_session_pyz(factory: pytest.TempPathFactory, cache: Path, *args: str) 
 
 
 @pytest.fixture(scope="session")
-def tiny_pyz(tmp_path_factory: pytest.TempPathFactory, session_cache: Path, tiny_gguf: Path) -> Path:
+def tiny_pyz(
+    tmp_path_factory: pytest.TempPathFactory, session_cache: Path, tiny_gguf: Path
+) -> Path:
     return build_session_pyz(tmp_path_factory, session_cache, str(tiny_gguf))
 
 

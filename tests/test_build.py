@@ -95,7 +95,9 @@ def test_not_a_gguf(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("hello there")
     result = pack("build", str(notes), "-o", str(tmp_path / "x.pyz"))
-    assert_clean_error(result, 1, f"{notes} is not a GGUF file (it starts with b'hell', not b'GGUF')")
+    assert_clean_error(
+        result, 1, f"{notes} is not a GGUF file (it starts with b'hell', not b'GGUF')"
+    )
     assert leftovers(tmp_path) == ["home", "notes.txt"]
 
 

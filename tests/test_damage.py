@@ -25,7 +25,9 @@ def test_truncated_pyz(tiny_pyz: Path, tmp_path: Path, where: str) -> None:
     cut = size - 5000 if where == "zip" else ALIGNMENT + 100_000
     damaged = copy_cut(tiny_pyz, tmp_path / "cut.pyz", cut)
     result = run_pyz(damaged, "-p", "hi")
-    assert_clean_error(result, 1, f"{damaged} is damaged or truncated: the runtime at its end is missing")
+    assert_clean_error(
+        result, 1, f"{damaged} is damaged or truncated: the runtime at its end is missing"
+    )
     inspect = pack("inspect", str(damaged))
     assert_clean_error(inspect, 1, f"{damaged} is not a llamapyz file or is damaged")
 

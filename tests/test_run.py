@@ -87,14 +87,19 @@ def test_runs_through_symlink_from_other_dir_and_after_move(tiny_pyz: Path, tmp_
     moved = tmp_path / "renamed.pyz"
     shutil.copy2(tiny_pyz, moved)
     assert completion(moved, *args, cwd=elsewhere) == expected
-    assert subprocess.run(
-        [sys.executable, "renamed.pyz", *args], cwd=tmp_path, capture_output=True, text=True
-    ).stdout == expected
+    assert (
+        subprocess.run(
+            [sys.executable, "renamed.pyz", *args], cwd=tmp_path, capture_output=True, text=True
+        ).stdout
+        == expected
+    )
 
 
 def test_bare_runtime_needs_a_model(bare_pyz: Path) -> None:
     result = run_pyz(bare_pyz, "-p", "hi")
-    assert_clean_error(result, 1, "carries no weights (built with --no-weights): give a model with -m")
+    assert_clean_error(
+        result, 1, "carries no weights (built with --no-weights): give a model with -m"
+    )
 
 
 def test_model_errors_are_one_line(bare_pyz: Path, tmp_path: Path) -> None:
@@ -110,7 +115,9 @@ def test_model_errors_are_one_line(bare_pyz: Path, tmp_path: Path) -> None:
     assert_clean_error(run_pyz(bare_pyz, "-m", str(missing), "-p", "hi"), 1, "does not exist")
 
 
-def test_truncated_external_gguf_is_refused(bare_pyz: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+def test_truncated_external_gguf_is_refused(
+    bare_pyz: Path, tiny_gguf: Path, tmp_path: Path
+) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
     result = run_pyz(bare_pyz, "-m", str(cut), "-p", "hi")

@@ -1,0 +1,1 @@
+"""`make bench`: llamapyz timed against its peers, printed as one table of ratios."""
