@@ -18,7 +18,23 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import fetch_smollm2  # noqa: E402
 
 PACK = str(Path(sys.executable).parent / "pack")
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "then", "runs", "far", "away", "home"]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "and",
+    "then",
+    "runs",
+    "far",
+    "away",
+    "home",
+]
 
 
 def write_tiny_gguf(path: Path, *, chat_template: str | None = None, seed: int = 2) -> Path:
