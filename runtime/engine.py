@@ -14,6 +14,7 @@ import codecs
 import ctypes
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from collections import deque
@@ -45,6 +46,7 @@ class Sampling:
 _log_lines: deque[str] = deque(maxlen=40)
 _log_verbose = False
 _log_callback: Any = None  # keeps the ctypes callback alive for as long as llama.cpp holds it
+_abort_callback: Any = None
 
 
 def bindings() -> Any:
@@ -89,6 +91,34 @@ def set_verbose(verbose: bool) -> None:
 
     _log_callback = C.llama_log_callback(on_log)
     C.llama_log_set(_log_callback, ctypes.c_void_p())
+    _turn_aborts_into_errors()
+
+
+def _turn_aborts_into_errors() -> None:
+    """A failed GGML_ASSERT (a damaged model, say) ends in one line on stderr, not a C backtrace."""
+    global _abort_callback
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # std::terminate's handler would run gdb
+    base = lib_dir() / "libggml-base.so.0"
+    if not base.exists():
+        return
+    lib = ctypes.CDLL(str(base))
+    callback_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+
+    def on_abort(message: bytes) -> None:
+        text = message.decode("utf-8", "replace") if message else "unknown error"
+        where, _, what = text.partition(": ")
+        sys.stdout.flush()
+        sys.stderr.write(
+            f"Error: llama.cpp stopped on a failed check ({what or text} at "
+            f"{os.path.basename(where)}); the model file may be damaged or unsupported\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+    _abort_callback = callback_type(on_abort)
+    lib.ggml_set_abort_callback.restype = ctypes.c_void_p
+    lib.ggml_set_abort_callback.argtypes = [callback_type]
+    lib.ggml_set_abort_callback(_abort_callback)
 
 
 def last_log_error() -> str:

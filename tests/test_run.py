@@ -210,3 +210,15 @@ def test_no_copy_of_the_weights_on_disk(smollm2_pyz: Path, tmp_path: Path) -> No
     biggest = max(sizes.values())
     assert biggest < weights // 4, max(sizes, key=lambda p: sizes[p])
     assert sum(sizes.values()) < 60_000_000
+
+
+def test_failed_llama_cpp_check_is_one_line_not_an_abort(
+    bare_pyz: Path, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    # Two tokens spelled alike trip a GGML_ASSERT in llama.cpp's vocabulary loader.
+    data = tiny_gguf.read_bytes()
+    dup = tmp_path / "dup.gguf"
+    dup.write_bytes(data.replace("\u2581quick".encode(), "\u2581brown".encode(), 1))
+    result = run_pyz(bare_pyz, "-m", str(dup), "-p", "hi")
+    assert_clean_error(result, 1, "Error: llama.cpp stopped on a failed check (GGML_ASSERT(")
+    assert "the model file may be damaged or unsupported" in result.stderr
