@@ -25,7 +25,7 @@ ENTRY_POINT = "runtime.cli:run"
 BOOT_MODULE = "_llamapyz_boot"
 MAIN_PY = f"import {BOOT_MODULE}\n{BOOT_MODULE}.main()\n"
 # Distributions the runtime imports, by their distribution name.
-BUNDLED = ("click", "llama_cpp_python", "typing_extensions")
+BUNDLED = ("click", "llama_cpp_python", "typing_extensions", "jinja2", "markupsafe")
 # llama-cpp-python's high-level modules import numpy; the runtime uses only the bindings.
 LLAMA_CPP_MODULES = {"__init__.py", "llama_cpp.py", "_ctypes_extensions.py", "_ggml.py"}
 # The libraries the runtime loads; libmtmd (multimodal) is left out.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
@@ -42,8 +43,7 @@ def _show_version(ctx: click.Context, value: bool) -> None:
 def _read_prompt(prompt: Optional[str]) -> str:
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         return sys.stdin.read()
-    if prompt is None:
-        raise click.UsageError("no prompt: give one with -p TEXT, or pipe it on stdin")
+    assert prompt is not None
     return prompt
 
 
@@ -111,6 +111,12 @@ def _read_prompt(prompt: Optional[str]) -> str:
 @click.option(
     "--seed", type=int, default=settings.SEED, show_default=True, help="Random seed; -1 picks one."
 )
+@click.option("--chat", is_flag=True, help="Chat, even when stdin is not a terminal.")
+@click.option("--system", help="System prompt for the chat.")
+@click.option(
+    "--chat-template",
+    help="Chat format: a llama.cpp template name (chatml, llama3, …) or a .jinja file.",
+)
 @click.option(
     "--cpu-variant",
     envvar="LLAMAPYZ_CPU_VARIANT",
@@ -126,62 +132,104 @@ def _read_prompt(prompt: Optional[str]) -> str:
     callback=lambda ctx, _p, value: _show_version(ctx, value),
     help="Show versions and exit.",
 )
-def main(
-    prompt: Optional[str],
-    model: Optional[str],
-    n_predict: int,
-    ctx_size: int,
-    threads: Optional[int],
-    temp: float,
-    top_k: int,
-    top_p: float,
-    min_p: float,
-    repeat_penalty: float,
-    seed: int,
-    cpu_variant: Optional[str],
-    system_info: bool,
-    verbose: bool,
-) -> None:
-    """Run the language model in this file (or -m MODEL) on a prompt."""
-    from runtime import cpu, engine, weights
+def main(**kw: Any) -> None:
+    """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
+    from runtime import cpu, engine, templates, weights
 
+    opts = Options(**kw)
     try:
-        if system_info:
-            _print_system_info(cpu.choose(cpu_variant, fresh=True))
+        if opts.system_info:
+            _print_system_info(cpu.choose(opts.cpu_variant, fresh=True))
             return
-        text = _read_prompt(prompt)
-        source = weights.resolve(model, archive())
-        engine.set_verbose(verbose)
-        choice = cpu.choose(cpu_variant)
-        if verbose:
+        if opts.chat and opts.prompt is not None:
+            raise click.UsageError("give either --chat or -p, not both")
+        chatting = opts.chat or (opts.prompt is None and sys.stdin.isatty())
+        text = "" if chatting else _read_prompt(opts.prompt)
+        source = weights.resolve(opts.model, archive())
+        engine.set_verbose(opts.verbose)
+        choice = cpu.choose(opts.cpu_variant)
+        if opts.verbose:
             click.echo(f"cpu variant: {choice.variant} ({choice.reason})", err=True)
         engine.start_backend(choice.path)
-        sampling = engine.Sampling(
-            temp=temp,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=0xFFFFFFFF if seed < 0 else seed,
-        )
         with engine.Model(
             source,
-            n_ctx=ctx_size,
+            n_ctx=opts.ctx_size,
             n_batch=settings.N_BATCH,
-            n_threads=threads or settings.default_threads(),
+            n_threads=opts.threads or settings.default_threads(),
         ) as llm:
-            tokens = llm.tokenize(text)
-            out = sys.stdout
-            for piece in llm.generate(tokens, n_predict, sampling):
-                out.write(piece)
-                out.flush()
-            if out.isatty():
-                out.write("\n")
-    except (weights.WeightsError, engine.EngineError, cpu.CpuError) as exc:
+            if chatting:
+                _chat(llm, opts)
+            else:
+                _complete(llm, text, opts)
+    except (
+        weights.WeightsError,
+        engine.EngineError,
+        cpu.CpuError,
+        templates.TemplateError,
+    ) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        sys.stdout.write("\n") if sys.stdout.isatty() else None
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
         sys.exit(130)
+
+
+@dataclass
+class Options:
+    """Every flag of the runtime command, after click has parsed them."""
+
+    prompt: Optional[str]
+    model: Optional[str]
+    n_predict: int
+    ctx_size: int
+    threads: Optional[int]
+    temp: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    seed: int
+    chat: bool
+    system: Optional[str]
+    chat_template: Optional[str]
+    cpu_variant: Optional[str]
+    system_info: bool
+    verbose: bool
+
+    def sampling(self) -> Any:
+        from runtime.engine import Sampling
+
+        return Sampling(
+            temp=self.temp,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            seed=0xFFFFFFFF if self.seed < 0 else self.seed,
+        )
+
+
+def _complete(llm: Any, text: str, opts: Options) -> None:
+    out = sys.stdout
+    for piece in llm.generate(llm.tokenize(text), opts.n_predict, opts.sampling()):
+        out.write(piece)
+        out.flush()
+    if out.isatty():
+        out.write("\n")
+
+
+def _chat(llm: Any, opts: Options) -> None:
+    from runtime import chat, templates
+
+    baked = None
+    fmt = templates.choose(llm, opts.chat_template, baked)
+    click.echo(fmt.notice(), err=True)
+
+    def notify(message: str) -> None:
+        click.echo(message, err=True)
+
+    conversation = chat.Conversation(llm, fmt, opts.sampling(), opts.n_predict, opts.system, notify)
+    chat.run(conversation)
 
 
 def _print_system_info(choice: object) -> None:

@@ -213,6 +213,8 @@ class Model:
             )
         self.n_ctx = int(C.llama_n_ctx(self._ctx))
         self.n_batch = int(cparams.n_batch)
+        self._cached: list[int] = []  # the tokens the context's memory holds, in order
+        self.stopped_by_context = False
 
     def meta(self, key: str) -> Optional[str]:
         """A GGUF metadata value as text, or None."""
@@ -280,6 +282,45 @@ class Model:
                     f"llama.cpp failed to evaluate the prompt (code {rc}) {detail}".strip()
                 )
 
+    def token_text(self, token: int) -> str:
+        """A token's vocabulary text, special tokens included (for template guessing)."""
+        raw = self._C.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def special_token(self, name: str) -> str:
+        """The text of the BOS or EOS token, or "" when the model has none."""
+        fn = {"bos": "llama_vocab_bos", "eos": "llama_vocab_eos"}[name]
+        token = int(getattr(self._C, fn)(self._vocab))
+        return self.token_text(token) if token >= 0 else ""
+
+    def _prefill(self, prompt: list[int]) -> None:
+        """Decode `prompt`, reusing whatever prefix of it the context already holds."""
+        C = self._C
+        common = 0
+        for a, b in zip(self._cached, prompt):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(prompt) - 1)  # the last token must be decoded for its logits
+        memory = C.llama_get_memory(self._ctx)
+        if common == 0:
+            C.llama_memory_clear(memory, True)
+        else:
+            C.llama_memory_seq_rm(memory, 0, common, -1)
+        self._cached = list(prompt[:common])
+        rest = prompt[common:]
+        for start in range(0, len(rest), self.n_batch):
+            chunk = rest[start : start + self.n_batch]
+            arr = (C.llama_token * len(chunk))(*chunk)
+            rc = C.llama_decode(self._ctx, C.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self._cached = []
+                detail = last_log_error()
+                raise EngineError(
+                    f"llama.cpp failed to evaluate the prompt (code {rc}) {detail}".strip()
+                )
+            self._cached += chunk
+
     def generate(self, prompt: list[int], n_predict: int, sampling: Sampling) -> Iterator[str]:
         """Stream the completion of `prompt` as text, piece by piece."""
         C = self._C
@@ -289,29 +330,29 @@ class Model:
             raise EngineError(
                 f"the prompt is {len(prompt)} tokens, longer than the context of {self.n_ctx} (raise -c)"
             )
-        C.llama_memory_clear(C.llama_get_memory(self._ctx), True)
         sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         try:
-            self._decode(prompt)
-            n_past = len(prompt)
+            self._prefill(prompt)
             produced = 0
             token_arr = (C.llama_token * 1)()
             while n_predict < 0 or produced < n_predict:
-                if n_past >= self.n_ctx:
+                if len(self._cached) >= self.n_ctx:
+                    self.stopped_by_context = True
                     break
                 token = int(C.llama_sampler_sample(sampler, self._ctx, -1))
                 if C.llama_vocab_is_eog(self._vocab, token):
                     break
                 produced += 1
                 text = decoder.decode(self.piece(token))
-                if text:
-                    yield text
                 token_arr[0] = token
                 rc = C.llama_decode(self._ctx, C.llama_batch_get_one(token_arr, 1))
                 if rc != 0:
+                    self._cached = []
                     raise EngineError(f"llama.cpp failed to decode (code {rc})")
-                n_past += 1
+                self._cached.append(token)
+                if text:
+                    yield text
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail

@@ -37,23 +37,32 @@ WORDS = [
 ]
 
 
-def write_tiny_gguf(path: Path, *, chat_template: str | None = None, seed: int = 2) -> Path:
+def write_tiny_gguf(
+    path: Path,
+    *,
+    chat_template: str | None = None,
+    seed: int = 2,
+    extra_tokens: list[str] | None = None,
+) -> Path:
     """A runnable llama model: 2 layers, 64 wide, random F32 weights, an ASCII SentencePiece vocab."""
     import gguf
 
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_ff, n_layer = 64, 4, 128, 2
-    tokens = ["<unk>", "<s>", "</s>", "<0x0A>"]
-    types = [
-        gguf.TokenType.UNKNOWN,
-        gguf.TokenType.CONTROL,
-        gguf.TokenType.CONTROL,
-        gguf.TokenType.BYTE,
-    ]
+    # Printable ASCII has byte fallback tokens, as real SentencePiece vocabularies have for
+    # every byte: llama.cpp's tokenizer throws on a character it can spell no other way.
+    # (Bytes >= 0x80 are left out so that any output is valid UTF-8.)
+    ascii_bytes = [0x0A, *range(0x20, 0x7F)]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in ascii_bytes]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    types += [gguf.TokenType.BYTE] * len(ascii_bytes)
     pieces = ["\u2581" + w for w in WORDS] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces += [".", ",", "\u2581"]
     tokens += pieces
     types += [gguf.TokenType.NORMAL] * len(pieces)
+    for extra in extra_tokens or []:
+        tokens.append(extra)
+        types.append(gguf.TokenType.CONTROL)
     n_vocab = len(tokens)
 
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -82,7 +91,9 @@ def write_tiny_gguf(path: Path, *, chat_template: str | None = None, seed: int =
 
     writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(n_vocab, n_embd))
+    output = weight(n_vocab, n_embd)
+    output[3 : 3 + len(ascii_bytes)] *= 0.05  # byte tokens: rarely the likeliest, as in real models
+    writer.add_tensor("output.weight", output)
     for i in range(n_layer):
         p = f"blk.{i}."
         writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))

@@ -53,20 +53,6 @@ def test_prompt_from_stdin(tiny_pyz: Path) -> None:
     assert completion(tiny_pyz, *args, input=TINY_PROMPT) == direct
 
 
-def test_no_prompt_on_a_terminal_is_a_usage_error(tiny_pyz: Path) -> None:
-    # Without a prompt and with stdin at a terminal there is nothing to complete yet.
-    import pty
-
-    leader, follower = pty.openpty()
-    try:
-        result = run_pyz(tiny_pyz, stdin=follower)
-    finally:
-        os.close(leader)
-        os.close(follower)
-    assert result.returncode == 2
-    assert "no prompt" in result.stderr
-
-
 def test_stderr_is_quiet_and_verbose_shows_llama_log(tiny_pyz: Path) -> None:
     quiet = run_pyz(tiny_pyz, "-p", TINY_PROMPT, "-n", "4", "--temp", "0")
     assert quiet.returncode == 0 and quiet.stderr == ""

@@ -1,0 +1,478 @@
+"""Ollama's model store: names to manifests, manifests to blobs, and the model's Modelfile settings.
+
+The store (`ollama pull` writes it) is `manifests/<host>/<namespace>/<model>/<tag>`, a JSON
+manifest per name, and `blobs/sha256-<hex>`, one file per layer, named by its digest. The
+model layer is a plain GGUF, so it loads in place like any other file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from runtime.archive import GGUF_MAGIC, ArchiveError, hash_range
+
+if TYPE_CHECKING:
+    from runtime.weights import ModelSource
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+PREFIX = "ollama:"
+MEDIA_PREFIX = "application/vnd.ollama.image."
+SERVICE_ROOT = Path("/usr/share/ollama/.ollama/models")
+MAX_SUGGESTIONS = 5
+
+# Ollama's own rules for the parts of a name (types/model/name.go). Every part starts with a
+# letter, digit or underscore, so none can be `.`, `..` or empty, and none holds a `/`: a
+# name can never lead out of the store. A host may carry a port (`localhost:5000`): the tag
+# is only looked for after the last `/`, so the colon is not mistaken for one.
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
+_MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
+_TAG = _MODEL
+_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")  # as a user may type it
+_LAYER_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")  # as Ollama writes it in a manifest
+
+# Modelfile PARAMETER -> (runtime flag, the type the flag takes)
+_FLAGS: dict[str, tuple[str, type]] = {
+    "temperature": ("--temp", float),
+    "num_ctx": ("-c", int),
+    "top_k": ("--top-k", int),
+    "top_p": ("--top-p", float),
+    "min_p": ("--min-p", float),
+    "repeat_penalty": ("--repeat-penalty", float),
+    "seed": ("--seed", int),
+    "num_predict": ("-n", int),
+    "num_thread": ("-t", int),
+}
+
+
+class OllamaError(Exception):
+    """An Ollama model that cannot be found, or whose files are damaged."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A fully qualified Ollama name: host, namespace, model and tag."""
+
+    host: str = DEFAULT_HOST
+    namespace: str = DEFAULT_NAMESPACE
+    model: str = ""
+    tag: str = DEFAULT_TAG
+
+    @property
+    def display(self) -> str:
+        """The name as `ollama list` shows it: `smol:latest`, `me/smol:latest`, `host/me/smol:1b`."""
+        if self.host.lower() != DEFAULT_HOST:
+            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+        if self.namespace.lower() != DEFAULT_NAMESPACE:
+            return f"{self.namespace}/{self.model}:{self.tag}"
+        return f"{self.model}:{self.tag}"
+
+    @property
+    def spec(self) -> str:
+        """The name as `-m` takes it: `ollama:smol:latest`."""
+        return PREFIX + self.display
+
+    @property
+    def parts(self) -> tuple[str, str, str, str]:
+        return (self.host, self.namespace, self.model, self.tag)
+
+    def manifest_path(self, root: Path) -> Path:
+        return root.joinpath("manifests", *self.parts)
+
+
+@dataclass(frozen=True)
+class OllamaModel:
+    """A resolved Ollama model: its GGUF and the settings its Modelfile gave it."""
+
+    ref: ModelRef
+    manifest_path: Path
+    source: ModelSource
+    digest: str
+    params: dict[str, Any] = field(default_factory=dict)
+    system: Optional[str] = None
+    template: Optional[str] = None
+    license: Optional[str] = None
+    other_layers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ListedModel:
+    """One runnable model in the store, as `ollama list` shows it."""
+
+    ref: ModelRef
+    size: int
+    modified: float  # the manifest's mtime, seconds since the epoch
+
+    @property
+    def name(self) -> str:
+        return self.ref.display
+
+    @property
+    def spec(self) -> str:
+        return self.ref.spec
+
+
+@dataclass(frozen=True)
+class _Layer:
+    kind: str
+    digest: str
+    hex: str
+    size: int
+
+
+def parse_name(text: str) -> ModelRef:
+    """`[ollama:][[HOST/]NAMESPACE/]MODEL[:TAG]` as a full name, refusing any that could leave the store."""
+    name = text[len(PREFIX) :] if text.startswith(PREFIX) else text
+    shown = repr(text)
+    if not name:
+        raise OllamaError(f"{shown} names no Ollama model")
+    if "\\" in name or "\0" in name:
+        raise OllamaError(f"{shown} is not an Ollama model name (it holds a backslash or NUL)")
+    parts = name.split("/")
+    last = parts[-1]
+    tag = DEFAULT_TAG
+    if ":" in last:
+        last, tag = last.rsplit(":", 1)
+    parts[-1] = last
+    if len(parts) > 3:
+        raise OllamaError(
+            f"{shown} is not an Ollama model name (it has {len(parts)} parts; "
+            f"at most HOST/NAMESPACE/MODEL:TAG)"
+        )
+    host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
+    if len(parts) == 3:
+        host, namespace, model = parts
+    elif len(parts) == 2:
+        namespace, model = parts
+    else:
+        model = parts[0]
+    for label, value, pattern in (
+        ("host", host, _HOST),
+        ("namespace", namespace, _NAMESPACE),
+        ("model", model, _MODEL),
+        ("tag", tag, _TAG),
+    ):
+        if not pattern.fullmatch(value):
+            raise OllamaError(
+                f"{shown} is not an Ollama model name (its {label} {value!r} must start with a "
+                f"letter, digit or _ and hold only letters, digits, _ - ."
+                + (" and :port" if label == "host" else "")
+                + ")"
+            )
+    return ModelRef(host, namespace, model, tag)
+
+
+def store_root(env: Optional[Mapping[str, str]] = None) -> Path:
+    """Ollama's model store: `$OLLAMA_MODELS`, else `~/.ollama/models`, else the service's store."""
+    env = os.environ if env is None else env
+    candidates: list[Path] = []
+    if env.get("OLLAMA_MODELS"):
+        candidates.append(Path(env["OLLAMA_MODELS"]).expanduser())
+    home = env.get("HOME")
+    candidates.append((Path(home) if home else Path.home()) / ".ollama" / "models")
+    candidates.append(SERVICE_ROOT)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise OllamaError(f"no Ollama model store found (looked in {looked}; set OLLAMA_MODELS)")
+
+
+def _manifest_refs(root: Path) -> list[tuple[ModelRef, Path]]:
+    """Every well-named manifest under `root`, as Ollama lays them out."""
+    found: list[tuple[ModelRef, Path]] = []
+    base = root / "manifests"
+    if not base.is_dir():
+        return found
+    for path in sorted(base.glob("*/*/*/*")):
+        host, namespace, model, tag = path.relative_to(base).parts
+        ok = (
+            _HOST.fullmatch(host)
+            and _NAMESPACE.fullmatch(namespace)
+            and _MODEL.fullmatch(model)
+            and _TAG.fullmatch(tag)
+        )
+        if ok and path.is_file():
+            found.append((ModelRef(host, namespace, model, tag), path))
+    return found
+
+
+def _not_found(ref: ModelRef, root: Path, known: list[ModelRef]) -> OllamaError:
+    where = f"{ref.spec} is not in the Ollama store at {root}"
+    if not known:
+        return OllamaError(
+            f"{where} (it holds no models; fetch one with `ollama pull {ref.display}`)"
+        )
+
+    def closeness(other: ModelRef) -> tuple[bool, float]:
+        same_model = other.model.lower() == ref.model.lower()
+        ratio = difflib.SequenceMatcher(None, ref.display.lower(), other.display.lower()).ratio()
+        return (same_model, ratio)
+
+    ranked = sorted(known, key=closeness, reverse=True)
+    shown = ", ".join(r.spec for r in ranked[:MAX_SUGGESTIONS])
+    more = len(ranked) - MAX_SUGGESTIONS
+    return OllamaError(
+        f"{where}; the closest it has: {shown}"
+        + (f" (and {more} more: see `ollama list`)" if more > 0 else "")
+    )
+
+
+def _find_manifest(ref: ModelRef, root: Path) -> tuple[ModelRef, Path]:
+    path = ref.manifest_path(root)
+    if path.is_file():
+        return ref, path
+    # Ollama compares names without case, and some versions wrote manifests lower-cased.
+    known = _manifest_refs(root)
+    folded = tuple(p.lower() for p in ref.parts)
+    for other, other_path in known:
+        if tuple(p.lower() for p in other.parts) == folded:
+            return other, other_path
+    raise _not_found(ref, root, [r for r, _ in known])
+
+
+def _read_manifest(ref: ModelRef, path: Path) -> tuple[list[_Layer], dict[str, Any]]:
+    """The manifest's layers, checked, and its config descriptor."""
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise OllamaError(f"cannot read the manifest of {ref.spec} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise OllamaError(
+            f"the manifest of {ref.spec} ({path}) is not valid JSON ({exc})"
+        ) from None
+    raw_layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(raw_layers, list):
+        raise OllamaError(f"the manifest of {ref.spec} ({path}) has no list of layers")
+    layers: list[_Layer] = []
+    for i, raw in enumerate(raw_layers):
+        if not isinstance(raw, dict):
+            raise OllamaError(f"layer {i} of the manifest of {ref.spec} ({path}) is not an object")
+        media, digest, size = raw.get("mediaType"), raw.get("digest"), raw.get("size")
+        if not isinstance(media, str) or not isinstance(size, int) or isinstance(size, bool):
+            raise OllamaError(
+                f"layer {i} of the manifest of {ref.spec} ({path}) lacks a mediaType or a size"
+            )
+        match = _LAYER_DIGEST.fullmatch(digest) if isinstance(digest, str) else None
+        if match is None:
+            raise OllamaError(
+                f"layer {i} of the manifest of {ref.spec} ({path}) has a bad digest {digest!r} "
+                f"(expected sha256:<64 hex digits>)"
+            )
+        kind = media[len(MEDIA_PREFIX) :] if media.startswith(MEDIA_PREFIX) else media
+        layers.append(_Layer(kind, match.group(0), match.group(1), size))
+    config = data.get("config")
+    return layers, config if isinstance(config, dict) else {}
+
+
+def _blob(root: Path, hex_digest: str) -> Path:
+    return root / "blobs" / f"sha256-{hex_digest}"
+
+
+def _check_blob(ref: ModelRef, root: Path, layer: _Layer, verify: bool) -> Path:
+    """The layer's blob, checked against the manifest's size and, with `verify`, its digest."""
+    path = _blob(root, layer.hex)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise OllamaError(
+            f"the {layer.kind} layer of {ref.spec} is missing from the store "
+            f"({path}); fetch it again with `ollama pull {ref.display}`"
+        ) from None
+    if size != layer.size:
+        raise OllamaError(
+            f"the {layer.kind} layer of {ref.spec} ({path}) has {size} bytes, but its manifest "
+            f"says {layer.size}; fetch it again with `ollama pull {ref.display}`"
+        )
+    if verify:
+        try:
+            actual = hash_range(path, 0, size)
+        except (ArchiveError, OSError) as exc:
+            raise OllamaError(f"cannot read {path} to verify it ({exc})") from None
+        if actual != layer.hex:
+            raise OllamaError(
+                f"the {layer.kind} layer of {ref.spec} ({path}) is damaged: its sha256 is "
+                f"{actual}, not {layer.hex}; fetch it again with `ollama pull {ref.display}`"
+            )
+    return path
+
+
+def _check_gguf(path: Path, what: str) -> None:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise OllamaError(f"cannot read {what} ({path}): {exc.strerror}") from None
+    if head != GGUF_MAGIC:
+        raise OllamaError(
+            f"{what} ({path}) is not a GGUF model (it starts with {head!r}, not {GGUF_MAGIC!r})"
+        )
+
+
+def _text(ref: ModelRef, layer: _Layer, path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise OllamaError(
+            f"the {layer.kind} layer of {ref.spec} ({path}) is not UTF-8 text"
+        ) from None
+
+
+def _no_model_layer(ref: ModelRef, root: Path, layers: list[_Layer], config: Any) -> OllamaError:
+    """Why a manifest without a model layer cannot run here, as precisely as the store tells."""
+    digest = config.get("digest") if isinstance(config, dict) else None
+    match = _LAYER_DIGEST.fullmatch(digest) if isinstance(digest, str) else None
+    if match is not None:
+        try:
+            settings = json.loads(_blob(root, match.group(1)).read_bytes())
+        except (OSError, ValueError):
+            settings = None
+        if isinstance(settings, dict) and settings.get("remote_host"):
+            return OllamaError(
+                f"{ref.spec} is an Ollama cloud model (served by {settings['remote_host']}); "
+                f"it has no weights on this machine"
+            )
+    kinds = sorted({layer.kind for layer in layers})
+    return OllamaError(
+        f"{ref.spec} has no GGUF model layer (its layers: {', '.join(kinds) or 'none'})"
+    )
+
+
+def resolve(
+    name: Union[str, ModelRef], root: Optional[Path] = None, verify: bool = False
+) -> OllamaModel:
+    """The GGUF and Modelfile settings of the Ollama model `name`, checked against its manifest."""
+    from runtime.weights import ModelSource  # here, so that runtime.weights may import us
+
+    ref = parse_name(name) if isinstance(name, str) else name
+    root = store_root() if root is None else root
+    ref, manifest_path = _find_manifest(ref, root)
+    layers, config = _read_manifest(ref, manifest_path)
+    # Ollama reads the layers in order and the last of a kind wins; we take the first model
+    # layer and report any other, since llamapyz loads one GGUF.
+    model_layer: Optional[_Layer] = None
+    texts: dict[str, list[str]] = {}
+    params: dict[str, Any] = {}
+    other: list[str] = []
+    for layer in layers:
+        if layer.kind == "model" and model_layer is None:
+            model_layer = layer
+        elif layer.kind in ("template", "prompt", "system", "license"):
+            path = _check_blob(ref, root, layer, verify)
+            kind = "template" if layer.kind == "prompt" else layer.kind  # "prompt": before 0.1.x
+            texts.setdefault(kind, []).append(_text(ref, layer, path))
+        elif layer.kind == "params":
+            path = _check_blob(ref, root, layer, verify)
+            try:
+                loaded = json.loads(path.read_bytes())
+            except ValueError as exc:
+                raise OllamaError(
+                    f"the params layer of {ref.spec} ({path}) is not valid JSON ({exc})"
+                ) from None
+            if not isinstance(loaded, dict):
+                raise OllamaError(
+                    f"the params layer of {ref.spec} ({path}) is not a JSON object "
+                    f"(it is a {type(loaded).__name__})"
+                )
+            params.update(loaded)
+        else:
+            other.append(layer.kind)
+    if model_layer is None:
+        raise _no_model_layer(ref, root, layers, config)
+    blob = _check_blob(ref, root, model_layer, verify)
+    _check_gguf(blob, f"the model layer of {ref.spec}")
+    source = ModelSource(path=blob, offset=0, size=model_layer.size, label=ref.spec)
+
+    def last(kind: str) -> Optional[str]:
+        values = texts.get(kind)
+        return values[-1] if values else None
+
+    licenses = texts.get("license")
+    return OllamaModel(
+        ref=ref,
+        manifest_path=manifest_path,
+        source=source,
+        digest=model_layer.digest,
+        params=params,
+        system=last("system"),
+        template=last("template"),
+        # A model may carry several licenses (its own and its base model's): keep them all.
+        license="\n\n".join(licenses) if licenses else None,
+        other_layers=other,
+    )
+
+
+def resolve_digest(text: str, root: Optional[Path] = None) -> ModelSource:
+    """The blob named by `sha256-<hex>` or `sha256:<hex>`, which must be a GGUF."""
+    from runtime.weights import ModelSource  # here, so that runtime.weights may import us
+
+    match = _DIGEST.fullmatch(text)
+    if match is None:
+        raise OllamaError(f"{text!r} is not a blob digest (expected sha256-<64 hex digits>)")
+    root = store_root() if root is None else root
+    hex_digest = match.group(1).lower()
+    path = _blob(root, hex_digest)
+    if not path.is_file():
+        raise OllamaError(f"there is no blob sha256-{hex_digest} in the Ollama store at {root}")
+    _check_gguf(path, f"blob sha256-{hex_digest}")
+    return ModelSource(
+        path=path, offset=0, size=path.stat().st_size, label=f"sha256-{hex_digest[:12]}"
+    )
+
+
+def list_models(root: Optional[Path] = None) -> list[ListedModel]:
+    """The store's runnable models (those with a GGUF layer), sorted by name."""
+    root = store_root() if root is None else root
+    listed: list[ListedModel] = []
+    for ref, path in _manifest_refs(root):
+        # A damaged manifest, or one without weights (a cloud model), runs nothing here; resolve()
+        # explains why when it is asked for by name.
+        try:
+            layers, _ = _read_manifest(ref, path)
+            modified = path.stat().st_mtime
+        except (OllamaError, OSError):
+            continue
+        sizes = [layer.size for layer in layers if layer.kind == "model"]
+        if sizes:
+            listed.append(ListedModel(ref=ref, size=sizes[0], modified=modified))
+    return sorted(listed, key=lambda m: m.name)
+
+
+def _number(key: str, value: Any, kind: type) -> str:
+    """`value` as the flag's argument, refusing what the flag would not take."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise OllamaError(f"the Modelfile parameter {key} is {value!r}, not a number")
+    if kind is int:
+        if value != int(value):
+            raise OllamaError(f"the Modelfile parameter {key} is {value!r}, not a whole number")
+        return str(int(value))
+    return str(value)
+
+
+def params_to_flags(params: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The runtime's flags for Ollama's Modelfile parameters, and the parameters it has none for."""
+    flags: list[str] = []
+    ignored: list[str] = []
+    for key, (flag, kind) in _FLAGS.items():
+        if key in params:
+            flags += [flag, _number(key, params[key], kind)]
+    for key, value in params.items():
+        if key == "stop":
+            stops = [value] if isinstance(value, str) else value
+            if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+                raise OllamaError(f"the Modelfile parameter stop is {value!r}, not a list of text")
+            for stop in stops:
+                flags += ["--stop", stop]
+        elif key not in _FLAGS:
+            ignored.append(key)
+    return flags, ignored

@@ -1,0 +1,158 @@
+"""Chooses how a conversation becomes a prompt, and says why.
+
+In order: the user's `--chat-template` (a llama.cpp built-in name or a Jinja file), the one
+baked into the .pyz, the GGUF's own `tokenizer.chat_template`, then a built-in template
+guessed from the special tokens in the vocabulary. A model with none of these looks like a
+base model: the conversation is completed as plain text ("User: …\\nAssistant:") rather
+than forced through a format the model never saw — which is how llama-cpp-python's silent
+llama-2 fallback ends up answering with an empty string.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+Message = dict[str, str]
+
+# Special tokens that give a model's chat format away, best evidence first.
+MARKERS = (
+    ("<|im_start|>", "chatml"),
+    ("<|start_header_id|>", "llama3"),
+    ("<start_of_turn>", "gemma"),
+    ("<|header_start|>", "llama4"),
+    ("<|START_OF_TURN_TOKEN|>", "command-r"),
+    ("<|assistant|>", "phi3"),
+    ("[INST]", "llama2"),
+)
+PLAIN_STOPS = ("\nUser:", "\nuser:")
+
+
+class TemplateError(Exception):
+    """A chat template that cannot be found or rendered."""
+
+
+@dataclass
+class ChatFormat:
+    """How to turn messages into prompt text; `kind` is jinja, builtin or plain."""
+
+    kind: str
+    name: str
+    why: str
+    source: str = ""
+    stops: tuple[str, ...] = ()
+
+    def notice(self) -> str:
+        if self.kind == "plain":
+            return f"chat: {self.why}; completing the conversation as plain text"
+        return f"chat template: {self.name} ({self.why})"
+
+
+def builtin_names() -> list[str]:
+    from runtime.engine import bindings
+
+    C = bindings()
+    n = int(C.llama_chat_builtin_templates(None, 0))
+    arr = (ctypes.c_char_p * n)()
+    C.llama_chat_builtin_templates(arr, n)
+    return sorted(v.decode() for v in arr if v)
+
+
+def from_spec(spec: str, why: str) -> ChatFormat:
+    """A `--chat-template` value: a built-in name, or a path to a Jinja file."""
+    path = Path(spec).expanduser()
+    if spec.endswith((".jinja", ".j2")) or path.is_file():
+        try:
+            source = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TemplateError(f"cannot read the chat template {spec} ({exc.strerror})") from None
+        return ChatFormat("jinja", path.name, why, source)
+    names = builtin_names()
+    if spec not in names:
+        raise TemplateError(
+            f"unknown chat template {spec!r}: give a .jinja file or one of {', '.join(names)}"
+        )
+    return ChatFormat("builtin", spec, why)
+
+
+def choose(model: Any, override: Optional[str], baked: Optional[str]) -> ChatFormat:
+    """The chat format for `model` (an engine.Model), with the reason for the choice."""
+    if override:
+        return from_spec(override, "from --chat-template")
+    if baked:
+        return from_spec(baked, "set when this file was built")
+    own = model.meta("tokenizer.chat_template")
+    if own:
+        return ChatFormat("jinja", "the model's own", "tokenizer.chat_template in the GGUF", own)
+    for marker, name in MARKERS:
+        tokens = model.tokenize(marker, add_special=False)
+        if len(tokens) == 1 and model.token_text(tokens[0]) == marker:
+            return ChatFormat(
+                "builtin", name, f"the GGUF has no template; its vocabulary has {marker}"
+            )
+    return ChatFormat(
+        "plain",
+        "plain",
+        "the GGUF has no chat template and no chat tokens, so it looks like a base model",
+        stops=PLAIN_STOPS,
+    )
+
+
+def render(fmt: ChatFormat, messages: list[Message], model: Any) -> str:
+    """The prompt text for `messages`, ending where the assistant's reply begins."""
+    if fmt.kind == "plain":
+        parts = []
+        for m in messages:
+            role = {"system": "", "user": "User: ", "assistant": "Assistant: "}.get(m["role"], "")
+            parts.append(role + m["content"])
+        return "\n".join(parts) + "\nAssistant:"
+    if fmt.kind == "builtin":
+        return _render_builtin(fmt.name, messages)
+    return _render_jinja(fmt.source, messages, model)
+
+
+def _render_builtin(name: str, messages: list[Message]) -> str:
+    from runtime.engine import bindings
+
+    C = bindings()
+    keep = [(m["role"].encode(), m["content"].encode()) for m in messages]
+    chat = (C.llama_chat_message * len(keep))(*[C.llama_chat_message(r, c) for r, c in keep])
+    size = 256 + sum(len(r) + len(c) for r, c in keep) * 2
+    buf = ctypes.create_string_buffer(size)
+    n = C.llama_chat_apply_template(name.encode(), chat, len(keep), True, buf, size)
+    if n > size:
+        buf = ctypes.create_string_buffer(n)
+        n = C.llama_chat_apply_template(name.encode(), chat, len(keep), True, buf, n)
+    if n < 0:
+        raise TemplateError(f"llama.cpp cannot apply the chat template {name!r}")
+    return buf.raw[:n].decode("utf-8", "replace")
+
+
+def _render_jinja(source: str, messages: list[Message], model: Any) -> str:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(f"the chat template refused the conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    try:
+        template = env.from_string(source)
+        text = template.render(
+            messages=messages,
+            add_generation_prompt=True,
+            bos_token=model.special_token("bos"),
+            eos_token=model.special_token("eos"),
+        )
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"the chat template cannot be rendered ({exc})") from None
+    # The tokenizer adds BOS itself; a template that writes it too would double it.
+    bos = model.special_token("bos")
+    if bos and text.startswith(bos):
+        text = text[len(bos) :]
+    return str(text)
