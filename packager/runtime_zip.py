@@ -24,10 +24,26 @@ from packager.errors import PackError
 ENTRY_POINT = "runtime.cli:run"
 BOOT_MODULE = "_llamapyz_boot"
 MAIN_PY = f"import {BOOT_MODULE}\n{BOOT_MODULE}.main()\n"
-# Distributions the runtime imports, by their distribution name.
-BUNDLED = ("click", "llama_cpp_python", "typing_extensions", "jinja2", "markupsafe")
+# Distributions the runtime imports, by distribution name; their own requirements (but not
+# llama-cpp-python's: numpy and diskcache serve only its high-level modules) come along.
+ROOTS = (
+    "click",
+    "llama_cpp_python",
+    "typing_extensions",
+    "jinja2",
+    "fastapi",
+    "uvicorn",
+    "sse_starlette",
+)
+NOT_FOLLOWED = {"llama_cpp_python"}
 # llama-cpp-python's high-level modules import numpy; the runtime uses only the bindings.
-LLAMA_CPP_MODULES = {"__init__.py", "llama_cpp.py", "_ctypes_extensions.py", "_ggml.py"}
+LLAMA_CPP_MODULES = {
+    "__init__.py",
+    "llama_cpp.py",
+    "_ctypes_extensions.py",
+    "_ggml.py",
+    "llama_grammar.py",
+}
 # The libraries the runtime loads; libmtmd (multimodal) is left out.
 LIB_FAMILIES = ("libllama", "libggml", "libggml-base")
 DIST_INFO_KEEP = re.compile(r"(METADATA|LICEN[CS]E.*|COPYING.*|top_level\.txt)$")
@@ -59,7 +75,7 @@ def _dist_files(name: str) -> list[tuple[str, Path]]:
             if len(parts) == 2 and DIST_INFO_KEEP.search(parts[1]) or parts[1:2] == ["licenses"]:
                 chosen.append((rel, Path(str(dist.locate_file(f)))))
             continue
-        if name == "llama_cpp_python":
+        if _normal(name) == "llama_cpp_python":
             if parts[0] == "llama_cpp" and len(parts) == 2:
                 if parts[1] not in LLAMA_CPP_MODULES:
                     continue
@@ -97,10 +113,38 @@ def _runtime_package() -> list[tuple[str, Path]]:
     ]
 
 
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def bundled() -> list[str]:
+    """The distributions to ship: ROOTS and what they require, as installed here."""
+    seen: dict[str, str] = {}
+    todo = list(ROOTS)
+    while todo:
+        name = todo.pop()
+        if _normal(name) in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            if name in ROOTS:
+                raise PackError(f"the build environment lacks {name}: run `make install`") from None
+            continue  # an optional requirement for another platform or Python
+        seen[_normal(name)] = dist.metadata["Name"]
+        if _normal(name) in NOT_FOLLOWED:
+            continue
+        for req in dist.requires or []:
+            if "extra ==" in req:
+                continue
+            todo.append(re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0])
+    return sorted(seen.values(), key=_normal)
+
+
 def collect() -> list[tuple[str, Path]]:
     """(path under site-packages, source file) for everything the runtime ships."""
     files = _runtime_package()
-    for name in BUNDLED:
+    for name in bundled():
         files += _dist_files(name)
     return sorted(files)
 
@@ -120,7 +164,7 @@ def _versions() -> dict[str, str]:
     import runtime
 
     found = {"llamapyz": runtime.__version__}
-    for name in BUNDLED:
+    for name in bundled():
         found[name] = metadata.version(name)
     return found
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any, Optional, TextIO
 
 from runtime import templates
+from runtime.stops import StopFilter
 
 HELP = """commands:
   /reset    forget the conversation (the system prompt stays)
@@ -17,39 +18,6 @@ HELP = """commands:
 Ctrl-C stops a reply; at the prompt, press it twice to quit."""
 PROMPT = ">>> "
 MORE = "... "
-
-
-class StopFilter:
-    """Passes text through until a stop string appears, holding back what could start one."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.pending += text
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                self.stopped = True
-                out, self.pending = self.pending[:at], ""
-                return out
-        keep = 0  # the longest tail that could be the start of a stop string
-        for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(stop[:k]):
-                    keep = max(keep, k)
-                    break
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.stopped else self.pending), ""
-        return out
 
 
 class Conversation:

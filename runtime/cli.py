@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -112,6 +113,18 @@ def _read_prompt(prompt: Optional[str]) -> str:
     "--seed", type=int, default=settings.SEED, show_default=True, help="Random seed; -1 picks one."
 )
 @click.option("--chat", is_flag=True, help="Chat, even when stdin is not a terminal.")
+@click.option("--server", is_flag=True, help="Serve the OpenAI-compatible API and a chat page.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address the server listens on."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--api-key", envvar="LLAMAPYZ_API_KEY", help="Require this key (Bearer) on /v1.")
+@click.option("--nobrowser", is_flag=True, help="Do not open the chat page in a browser.")
+@click.option("--grammar", "grammar_file", help="Constrain output to a GBNF grammar file.")
+@click.option(
+    "-j", "--json-schema", help="Constrain output to JSON matching this schema (JSON or file)."
+)
+@click.option("--embedding", is_flag=True, help="Print the embedding of the prompt as JSON.")
 @click.option("--system", help="System prompt for the chat.")
 @click.option(
     "--chat-template",
@@ -134,7 +147,8 @@ def _read_prompt(prompt: Optional[str]) -> str:
 )
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
-    from runtime import cpu, engine, templates, weights
+    from runtime import cpu, engine, grammar, templates, weights
+    from runtime.server import PortError
 
     opts = Options(**kw)
     try:
@@ -143,8 +157,13 @@ def main(**kw: Any) -> None:
             return
         if opts.chat and opts.prompt is not None:
             raise click.UsageError("give either --chat or -p, not both")
-        chatting = opts.chat or (opts.prompt is None and sys.stdin.isatty())
-        text = "" if chatting else _read_prompt(opts.prompt)
+        if opts.server and (opts.chat or opts.prompt is not None):
+            raise click.UsageError("--server serves requests: it takes no -p or --chat")
+        if opts.grammar_file and opts.json_schema:
+            raise click.UsageError("give either --grammar or --json-schema, not both")
+        grammar_text = _grammar(opts)
+        chatting = not opts.server and (opts.chat or (opts.prompt is None and sys.stdin.isatty()))
+        text = "" if chatting or opts.server else _read_prompt(opts.prompt)
         source = weights.resolve(opts.model, archive())
         engine.set_verbose(opts.verbose)
         choice = cpu.choose(opts.cpu_variant)
@@ -157,15 +176,21 @@ def main(**kw: Any) -> None:
             n_batch=settings.N_BATCH,
             n_threads=opts.threads or settings.default_threads(),
         ) as llm:
-            if chatting:
-                _chat(llm, opts)
+            if opts.server:
+                _serve(llm, source, opts, grammar_text)
+            elif opts.embedding:
+                click.echo(json.dumps(llm.embed(text)))
+            elif chatting:
+                _chat(llm, opts, grammar_text)
             else:
-                _complete(llm, text, opts)
+                _complete(llm, text, opts, grammar_text)
     except (
         weights.WeightsError,
         engine.EngineError,
         cpu.CpuError,
         templates.TemplateError,
+        grammar.GrammarError,
+        PortError,
     ) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -190,16 +215,25 @@ class Options:
     repeat_penalty: float
     seed: int
     chat: bool
+    server: bool
+    host: str
+    port: int
+    api_key: Optional[str]
+    nobrowser: bool
+    grammar_file: Optional[str]
+    json_schema: Optional[str]
+    embedding: bool
     system: Optional[str]
     chat_template: Optional[str]
     cpu_variant: Optional[str]
     system_info: bool
     verbose: bool
 
-    def sampling(self) -> Any:
+    def sampling(self, grammar: Optional[str] = None) -> Any:
         from runtime.engine import Sampling
 
         return Sampling(
+            grammar=grammar,
             temp=self.temp,
             top_k=self.top_k,
             top_p=self.top_p,
@@ -209,27 +243,82 @@ class Options:
         )
 
 
-def _complete(llm: Any, text: str, opts: Options) -> None:
+def _grammar(opts: Options) -> Optional[str]:
+    from runtime import grammar
+
+    if opts.grammar_file:
+        return grammar.from_file(opts.grammar_file)
+    if opts.json_schema:
+        return grammar.from_schema_arg(opts.json_schema)
+    return None
+
+
+def _complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) -> None:
     out = sys.stdout
-    for piece in llm.generate(llm.tokenize(text), opts.n_predict, opts.sampling()):
+    for piece in llm.generate(llm.tokenize(text), opts.n_predict, opts.sampling(grammar_text)):
         out.write(piece)
         out.flush()
     if out.isatty():
         out.write("\n")
 
 
-def _chat(llm: Any, opts: Options) -> None:
+def _chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
     from runtime import chat, templates
 
-    baked = None
-    fmt = templates.choose(llm, opts.chat_template, baked)
+    fmt = templates.choose(llm, opts.chat_template, _baked_template())
     click.echo(fmt.notice(), err=True)
 
     def notify(message: str) -> None:
         click.echo(message, err=True)
 
-    conversation = chat.Conversation(llm, fmt, opts.sampling(), opts.n_predict, opts.system, notify)
+    conversation = chat.Conversation(
+        llm, fmt, opts.sampling(grammar_text), opts.n_predict, opts.system, notify
+    )
     chat.run(conversation)
+
+
+def _baked_template() -> Optional[str]:
+    """The chat template `pack build --chat-template` put in this file's manifest, if any."""
+    found = archive()
+    if found is None:
+        return None
+    from runtime.archive import ArchiveError, read_manifest
+
+    try:
+        value = read_manifest(found).model.get("chat_template_override")
+    except ArchiveError:
+        return None
+    return str(value) if value else None
+
+
+def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str]) -> None:
+    import time
+
+    from runtime import server, service, templates
+
+    fmt = templates.choose(llm, opts.chat_template, _baked_template())
+    click.echo(fmt.notice(), err=True)
+    stem = Path(source.filename or source.path.name).stem
+    name = llm.meta("general.name") or stem
+    aliases = {name, stem, name.lower().replace(" ", "-")}
+    state = server.ServerState(
+        service=service.Service(llm),
+        model=llm,
+        fmt=fmt,
+        model_id=name,
+        aliases=aliases,
+        defaults=opts.sampling(grammar_text),
+        n_predict=opts.n_predict,
+        api_key=opts.api_key,
+        created=int(time.time()),
+    )
+    if opts.host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"warning: listening on {opts.host}: anyone who can reach this address can use the model"
+            + ("" if opts.api_key else " (no --api-key is set)"),
+            err=True,
+        )
+    server.serve(state, opts.host, opts.port, open_browser=not opts.nobrowser)
 
 
 def _print_system_info(choice: object) -> None:

@@ -11,17 +11,19 @@ bindings we lean on drift.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 import types
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from runtime.weights import ModelSource
 
@@ -41,6 +43,7 @@ class Sampling:
     typical_p: float = 1.0
     repeat_penalty: float = 1.0
     seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+    grammar: Optional[str] = None  # GBNF; the output must match it
 
 
 _log_lines: deque[str] = deque(maxlen=40)
@@ -147,6 +150,24 @@ def _c() -> ctypes.CDLL:
     return _libc
 
 
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], list[str]]]:
+    """Catch what C code writes straight to file descriptor 2 while the block runs."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
 class Model:
     """A loaded llama.cpp model, its vocabulary and one context."""
 
@@ -215,6 +236,10 @@ class Model:
         self.n_batch = int(cparams.n_batch)
         self._cached: list[int] = []  # the tokens the context's memory holds, in order
         self.stopped_by_context = False
+        self.produced = 0  # tokens the last generate() made
+        self.finish_reason = "stop"  # why it ended: "stop" (end of text) or "length"
+        self._embed_ctx: Any = None
+        self._n_threads = n_threads
 
     def meta(self, key: str) -> Optional[str]:
         """A GGUF metadata value as text, or None."""
@@ -257,6 +282,16 @@ class Model:
                 self.n_vocab, LAST_N_PENALTY, s.repeat_penalty, 0.0, 0.0
             ),
         )
+        if s.grammar:
+            with _stderr_captured() as said:  # the grammar parser prints to stderr itself
+                grammar = C.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
+            if not grammar:
+                C.llama_sampler_free(chain)
+                detail = " ".join(said()).strip() or last_log_error()
+                raise EngineError(
+                    "the grammar is not valid GBNF" + (f" ({detail})" if detail else "")
+                )
+            add(chain, grammar)
         if s.temp < 0.0:
             add(chain, C.llama_sampler_init_dist(s.seed))
         elif s.temp == 0.0:
@@ -332,18 +367,20 @@ class Model:
             )
         sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.produced = 0
+        self.finish_reason = "length"
         try:
             self._prefill(prompt)
-            produced = 0
             token_arr = (C.llama_token * 1)()
-            while n_predict < 0 or produced < n_predict:
+            while n_predict < 0 or self.produced < n_predict:
                 if len(self._cached) >= self.n_ctx:
                     self.stopped_by_context = True
                     break
                 token = int(C.llama_sampler_sample(sampler, self._ctx, -1))
                 if C.llama_vocab_is_eog(self._vocab, token):
+                    self.finish_reason = "stop"
                     break
-                produced += 1
+                self.produced += 1
                 text = decoder.decode(self.piece(token))
                 token_arr[0] = token
                 rc = C.llama_decode(self._ctx, C.llama_batch_get_one(token_arr, 1))
@@ -359,8 +396,45 @@ class Model:
         finally:
             C.llama_sampler_free(sampler)
 
+    def embed(self, text: str) -> list[float]:
+        """The mean-pooled, unit-length embedding of `text`, from a second context."""
+        C = self._C
+        tokens = self.tokenize(text)
+        if not tokens:
+            raise EngineError("the input is empty")
+        if self._embed_ctx is None:
+            cparams = C.llama_context_default_params()
+            cparams.n_ctx = min(self.n_ctx_train or 2048, 2048)
+            cparams.n_batch = cparams.n_ubatch = cparams.n_ctx
+            cparams.n_threads = cparams.n_threads_batch = self._n_threads
+            cparams.embeddings = True
+            cparams.pooling_type = C.LLAMA_POOLING_TYPE_MEAN
+            cparams.no_perf = True
+            self._embed_ctx = C.llama_init_from_model(self._model, cparams)
+            if not self._embed_ctx:
+                raise EngineError("llama.cpp could not create an embedding context")
+        limit = int(C.llama_n_ctx(self._embed_ctx))
+        if len(tokens) > limit:
+            raise EngineError(
+                f"the input is {len(tokens)} tokens, longer than the {limit} an embedding may take"
+            )
+        C.llama_memory_clear(C.llama_get_memory(self._embed_ctx), True)
+        arr = (C.llama_token * len(tokens))(*tokens)
+        if C.llama_decode(self._embed_ctx, C.llama_batch_get_one(arr, len(tokens))) != 0:
+            raise EngineError("llama.cpp failed to compute the embedding")
+        n_embd = int(C.llama_model_n_embd(self._model))
+        ptr = C.llama_get_embeddings_seq(self._embed_ctx, 0)
+        if not ptr:
+            raise EngineError("llama.cpp returned no embedding")
+        values = [float(ptr[i]) for i in range(n_embd)]
+        norm = sum(v * v for v in values) ** 0.5 or 1.0
+        return [v / norm for v in values]
+
     def close(self) -> None:
         C = self._C
+        if self._embed_ctx:
+            C.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         if self._ctx:
             C.llama_free(self._ctx)
             self._ctx = None

@@ -45,7 +45,7 @@ def _choose(path: Path, members: list[zipfile.ZipInfo]) -> Optional[zipfile.ZipI
 
 
 def find_gguf_member(path: Path) -> Optional[ModelSource]:
-    """The GGUF stored in the zip at `path`, where its bytes lie in the file; None if it has none."""
+    """Where the GGUF stored in the zip at `path` lies in the file; None if the zip has none."""
     # Imported here so that runtime.weights may import this module at its top.
     from runtime.weights import ModelSource
 
@@ -98,8 +98,8 @@ def find_gguf_member(path: Path) -> Optional[ModelSource]:
         )
     if offset % DATA_ALIGNMENT:
         raise LlamafileError(
-            f"{path} holds {name} at byte {offset}, which is not a multiple of "
-            f"{DATA_ALIGNMENT}; llama.cpp cannot map it in place: align it with llamafile's zipalign"
+            f"{path} holds {name} at byte {offset}, which is not a multiple of {DATA_ALIGNMENT}; "
+            "llama.cpp cannot map it in place: align it with llamafile's zipalign"
         )
     return ModelSource(
         path=path, offset=offset, size=member.file_size, label=f"{path.name} ({name})"

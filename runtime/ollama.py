@@ -70,7 +70,7 @@ class ModelRef:
 
     @property
     def display(self) -> str:
-        """The name as `ollama list` shows it: `smol:latest`, `me/smol:latest`, `host/me/smol:1b`."""
+        """The name as `ollama list` shows it: `smol:latest`, `me/smol:1b`, `host/me/smol:1b`."""
         if self.host.lower() != DEFAULT_HOST:
             return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
         if self.namespace.lower() != DEFAULT_NAMESPACE:
@@ -131,7 +131,7 @@ class _Layer:
 
 
 def parse_name(text: str) -> ModelRef:
-    """`[ollama:][[HOST/]NAMESPACE/]MODEL[:TAG]` as a full name, refusing any that could leave the store."""
+    """A full name from `[ollama:][[HOST/]NAMESPACE/]MODEL[:TAG]`; refuses any outside the store."""
     name = text[len(PREFIX) :] if text.startswith(PREFIX) else text
     shown = repr(text)
     if not name:
@@ -214,10 +214,12 @@ def _not_found(ref: ModelRef, root: Path, known: list[ModelRef]) -> OllamaError:
             f"{where} (it holds no models; fetch one with `ollama pull {ref.display}`)"
         )
 
-    def closeness(other: ModelRef) -> tuple[bool, float]:
-        same_model = other.model.lower() == ref.model.lower()
-        ratio = difflib.SequenceMatcher(None, ref.display.lower(), other.display.lower()).ratio()
-        return (same_model, ratio)
+    def similarity(a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
+
+    # The model's name counts first: `smol:2b` is closer to `smol:1b` than to `qwen:2b`.
+    def closeness(other: ModelRef) -> tuple[float, float]:
+        return (similarity(ref.model, other.model), similarity(ref.display, other.display))
 
     ranked = sorted(known, key=closeness, reverse=True)
     shown = ", ".join(r.spec for r in ranked[:MAX_SUGGESTIONS])
@@ -358,8 +360,8 @@ def resolve(
     root = store_root() if root is None else root
     ref, manifest_path = _find_manifest(ref, root)
     layers, config = _read_manifest(ref, manifest_path)
-    # Ollama reads the layers in order and the last of a kind wins; we take the first model
-    # layer and report any other, since llamapyz loads one GGUF.
+    # A manifest may list several model layers (recent Ollama keeps a split GGUF that way);
+    # llamapyz loads one GGUF, so it takes the first and reports the others.
     model_layer: Optional[_Layer] = None
     texts: dict[str, list[str]] = {}
     params: dict[str, Any] = {}
@@ -369,7 +371,8 @@ def resolve(
             model_layer = layer
         elif layer.kind in ("template", "prompt", "system", "license"):
             path = _check_blob(ref, root, layer, verify)
-            kind = "template" if layer.kind == "prompt" else layer.kind  # "prompt": before 0.1.x
+            # "prompt" is what early Ollama called the template layer.
+            kind = "template" if layer.kind == "prompt" else layer.kind
             texts.setdefault(kind, []).append(_text(ref, layer, path))
         elif layer.kind == "params":
             path = _check_blob(ref, root, layer, verify)

@@ -22,6 +22,7 @@ class ModelSource:
     offset: int
     size: int
     label: str
+    filename: str = ""  # the GGUF's own file name, where it has one
 
 
 def embedded(pyz: Path) -> ModelSource:
@@ -53,7 +54,13 @@ def from_path(spec: str) -> ModelSource:
     except OSError as exc:
         raise WeightsError(f"cannot read {spec} ({exc.strerror})") from None
     if head == GGUF_MAGIC:
-        return ModelSource(path=path.resolve(), offset=0, size=path.stat().st_size, label=str(spec))
+        return ModelSource(
+            path=path.resolve(),
+            offset=0,
+            size=path.stat().st_size,
+            label=str(spec),
+            filename=path.name,
+        )
     if zipfile.is_zipfile(path):
         return embedded(path.resolve())
     raise WeightsError(f"{spec} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")

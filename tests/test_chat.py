@@ -11,7 +11,7 @@ import pexpect
 import pytest
 from conftest import assert_clean_error, run_pyz, write_tiny_gguf
 
-from runtime.chat import StopFilter
+from runtime.stops import StopFilter
 
 
 def spawn(pyz: Path, *args: str) -> pexpect.spawn:

@@ -1,0 +1,480 @@
+"""The OpenAI-compatible HTTP API and the chat page, over the generation service.
+
+Requests are checked here (bad ones get a 4xx with an OpenAI-style JSON error and the
+server keeps serving); the work itself goes to `service.Service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runtime import grammar, templates
+from runtime.service import Busy, Job, Service
+
+WEB = Path(__file__).parent / "web"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, code: str, param: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def _error(status: int, message: str, code: str, param: Optional[str] = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 401:
+        kind = "authentication_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class ContentPart(BaseModel):
+    type: str
+    text: Optional[str] = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[ContentPart], None] = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[dict[str, Any]] = None
+
+
+class GenerationFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0)
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    repeat_penalty: Optional[float] = Field(None, gt=0)
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    response_format: Optional[ResponseFormat] = None
+
+
+class ChatRequest(GenerationFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+
+class CompletionRequest(GenerationFields):
+    prompt: Union[str, list[str]]
+
+
+class EmbeddingRequest(BaseModel):
+    model: str
+    input: Union[str, list[str]]
+    encoding_format: Literal["float"] = "float"
+
+
+@dataclass
+class ServerState:
+    service: Service
+    model: Any  # engine.Model
+    fmt: templates.ChatFormat
+    model_id: str
+    aliases: set[str]
+    defaults: Any  # engine.Sampling from the command line
+    n_predict: int
+    api_key: Optional[str]
+    created: int
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The FastAPI application serving `state`'s model."""
+    app = FastAPI(title="llamapyz", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return _error(400, "the request body is not valid JSON", "invalid_json")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = (
+            f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg"))
+        )
+        return _error(400, message, "invalid_value", where or None)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.code, exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(
+            exc.status_code,
+            str(exc.detail),
+            "not_found" if exc.status_code == 404 else "http_error",
+        )
+
+    def authorize(request: Request) -> None:
+        if state.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else ""
+        if not secrets.compare_digest(token, state.api_key):
+            raise APIError(
+                401,
+                "a valid API key is needed: send it as 'Authorization: Bearer KEY'",
+                "invalid_api_key",
+            )
+
+    def check_model(name: str) -> None:
+        if name not in state.aliases:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server has {state.model_id!r}",
+                "model_not_found",
+                "model",
+            )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": state.model_id}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict[str, Any]:
+        entry = {
+            "id": state.model_id,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "llamapyz",
+        }
+        return {"object": "list", "data": [entry]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        check_model(body.model)
+        messages = [{"role": _role(m.role), "content": _text(m.content)} for m in body.messages]
+        try:
+            prompt_text = templates.render(state.fmt, messages, state.model)
+        except templates.TemplateError as exc:
+            raise APIError(400, str(exc), "invalid_messages", "messages") from None
+        limit = body.max_completion_tokens or body.max_tokens
+        job = _job(state, body, prompt_text, limit if limit else state.n_predict, state.fmt.stops)
+        if body.stream:
+            return _stream(state, job, request, chat=True)
+        text, done = await _collect(state, job, request)
+        return {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": state.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": done["finish_reason"],
+                }
+            ],
+            "usage": _usage(job, done),
+        }
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)], response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        check_model(body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise APIError(
+                400,
+                "prompt: give one prompt (a string, or a list of one)",
+                "invalid_value",
+                "prompt",
+            )
+        job = _job(state, body, prompts[0], body.max_tokens or 16, ())
+        if body.stream:
+            return _stream(state, job, request, chat=False)
+        text, done = await _collect(state, job, request)
+        return {
+            "id": f"cmpl-{secrets.token_hex(12)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": state.model_id,
+            "choices": [
+                {"index": 0, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}
+            ],
+            "usage": _usage(job, done),
+        }
+
+    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+        check_model(body.model)
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        if not inputs or any(not text for text in inputs):
+            raise APIError(400, "input: give non-empty text", "invalid_value", "input")
+        data, used = [], 0
+        for i, text in enumerate(inputs):
+            job = Job(prompt=[], n_predict=0, sampling=None, embed_text=text)
+            vector = await _embed(state, job, request)
+            used += len(state.model.tokenize(text))
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        return {
+            "object": "list",
+            "data": data,
+            "model": state.model_id,
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+        }
+
+    return app
+
+
+def _role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+def _text(content: Union[str, list[ContentPart], None]) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text or "" for part in content if part.type == "text")
+
+
+def _job(
+    state: ServerState,
+    body: GenerationFields,
+    prompt_text: str,
+    n_predict: int,
+    stops: tuple[str, ...],
+) -> Job:
+    from dataclasses import replace
+
+    tokens = state.model.tokenize(prompt_text)
+    if len(tokens) >= state.model.n_ctx:
+        raise APIError(
+            400,
+            f"the prompt is {len(tokens)} tokens, longer than the context of {state.model.n_ctx}",
+            "context_length_exceeded",
+            "messages" if isinstance(body, ChatRequest) else "prompt",
+        )
+    d = state.defaults
+    gbnf = None
+    if body.response_format is not None and body.response_format.type != "text":
+        try:
+            gbnf = grammar.from_response_format(
+                body.response_format.type, body.response_format.json_schema
+            )
+        except grammar.GrammarError as exc:
+            raise APIError(400, str(exc), "invalid_value", "response_format") from None
+    sampling = replace(
+        d,
+        temp=d.temp if body.temperature is None else body.temperature,
+        top_p=d.top_p if body.top_p is None else body.top_p,
+        top_k=d.top_k if body.top_k is None else body.top_k,
+        min_p=d.min_p if body.min_p is None else body.min_p,
+        repeat_penalty=d.repeat_penalty if body.repeat_penalty is None else body.repeat_penalty,
+        seed=d.seed if body.seed is None else body.seed & 0xFFFFFFFF,
+        grammar=gbnf or d.grammar,
+    )
+    extra = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return Job(prompt=tokens, n_predict=n_predict, sampling=sampling, stops=tuple(stops) + extra)
+
+
+def _usage(job: Job, done: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = len(job.prompt), int(done["completion_tokens"])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _attach(job: Job) -> asyncio.Queue[tuple[str, Any]]:
+    """Route the worker thread's events for `job` into an asyncio queue on this loop."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def on_event(kind: str, value: Any) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+    job.on_event = on_event
+    return events
+
+
+def _submit(state: ServerState, job: Job) -> None:
+    try:
+        state.service.submit(job)
+    except Busy as exc:
+        raise APIError(
+            503, f"the server is busy: {exc}; try again shortly", "server_busy"
+        ) from None
+
+
+async def _next(
+    events: asyncio.Queue[tuple[str, Any]], job: Job, request: Request
+) -> tuple[str, Any]:
+    """The job's next event; cancels the job when the client has gone away meanwhile."""
+    while True:
+        try:
+            return await asyncio.wait_for(events.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancel()
+                raise asyncio.CancelledError() from None
+
+
+def _raise(exc: Exception) -> None:
+    from runtime.engine import EngineError
+
+    if isinstance(exc, EngineError):
+        raise APIError(400, str(exc), "invalid_request") from None
+    raise exc
+
+
+async def _collect(state: ServerState, job: Job, request: Request) -> tuple[str, dict[str, Any]]:
+    events = _attach(job)
+    _submit(state, job)
+    parts: list[str] = []
+    try:
+        while True:
+            kind, value = await _next(events, job, request)
+            if kind == "text":
+                parts.append(value)
+            elif kind == "error":
+                _raise(value)
+            elif kind == "done":
+                return "".join(parts), value
+    finally:
+        job.cancel()
+
+
+async def _embed(state: ServerState, job: Job, request: Request) -> list[float]:
+    events = _attach(job)
+    _submit(state, job)
+    kind, value = await _next(events, job, request)
+    if kind == "error":
+        _raise(value)
+    return list(value)
+
+
+def _stream(state: ServerState, job: Job, request: Request, chat: bool) -> EventSourceResponse:
+    events = _attach(job)
+    _submit(state, job)
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
+    created = int(time.time())
+
+    def chunk(delta: Optional[dict[str, str]], text: Optional[str], finish: Optional[str]) -> str:
+        if chat:
+            choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            kind = "text_completion"
+        body = {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": state.model_id,
+            "choices": [choice],
+        }
+        return json.dumps(body)
+
+    async def produce() -> Any:
+        try:
+            if chat:
+                yield {"data": chunk({"role": "assistant", "content": ""}, None, None)}
+            while True:
+                kind, value = await _next(events, job, request)
+                if kind == "text":
+                    yield {"data": chunk({"content": value}, value, None)}
+                elif kind == "error":
+                    message = {"error": {"message": str(value), "type": "server_error"}}
+                    yield {"data": json.dumps(message)}
+                    break
+                elif kind == "done":
+                    yield {"data": chunk({}, "", value["finish_reason"])}
+                    break
+            yield {"data": "[DONE]"}
+        finally:
+            job.cancel()  # a client that went away stops its own generation
+
+    return EventSourceResponse(produce(), ping=15)
+
+
+class PortError(Exception):
+    """The address to listen on cannot be used."""
+
+
+def serve(state: ServerState, host: str, port: int, open_browser: bool) -> None:
+    """Listen on host:port until interrupted; say where on stderr once ready."""
+    import socket
+    import sys
+    import threading
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    sock.listen(128)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{bound}"
+    config = uvicorn.Config(
+        create_app(state), log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if server.started:
+            print(
+                f"llamapyz: serving {state.model_id} on {url} (chat page and /v1 API)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if open_browser:
+                _open_browser(url)
+
+    threading.Thread(target=announce, daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        state.service.close()
+
+
+def _open_browser(url: str) -> None:
+    """Open the chat page, but only where a graphical browser can be: never a text one in this terminal."""
+    import contextlib
+    import os
+    import sys
+    import webbrowser
+
+    if sys.platform != "darwin" and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return
+    with contextlib.suppress(Exception):  # no browser is no reason to stop serving
+        webbrowser.open(url, new=2)
