@@ -7,8 +7,10 @@ server keeps serving); the work itself goes to `service.Service`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +87,7 @@ class CompletionRequest(GenerationFields):
 class EmbeddingRequest(BaseModel):
     model: str
     input: Union[str, list[str]]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
 
 
 @dataclass
@@ -233,7 +235,10 @@ def create_app(state: ServerState) -> FastAPI:
             job = Job(prompt=[], n_predict=0, sampling=None, embed_text=text)
             vector = await _embed(state, job, request)
             used += len(state.model.tokenize(text))
-            data.append({"object": "embedding", "index": i, "embedding": vector})
+            value: Any = vector
+            if body.encoding_format == "base64":  # what the openai client asks for by default
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": value})
         return {
             "object": "list",
             "data": data,

@@ -1,0 +1,271 @@
+"""The OpenAI-compatible server, driven by the official `openai` client over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from conftest import assert_clean_error, run_pyz
+
+KEY = "sesame"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, pyz: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(pyz), "--server", "--port", str(self.port), "--nobrowser", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        self.banner = ""
+        while "serving" not in self.banner:
+            line = self.proc.stderr.readline() if self.proc.stderr else ""
+            if not line and self.proc.poll() is not None:
+                raise AssertionError(f"the server stopped: {self.proc.returncode}")
+            self.banner += line
+            assert time.monotonic() < deadline, self.banner
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        return err
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_pyz: Path) -> Iterator[Server]:
+    srv = Server(smollm2_pyz, "--api-key", KEY, "-c", "2048")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def model_id(client: openai.OpenAI) -> str:
+    return client.models.list().data[0].id
+
+
+def post(server: Server, path: str, body: bytes, key: str | None = KEY) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(server.url + path, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_banner_and_models_list(server: Server, client: openai.OpenAI) -> None:
+    assert f"on {server.url} (chat page and /v1 API)" in server.banner
+    models = client.models.list().data
+    assert [m.id for m in models] == ["Smollm2 135M 8k Lc100K Mix1 Ep2"]  # general.name, not a path
+    assert "/" not in models[0].id
+
+
+def test_chat_completion_and_stream_agree(client: openai.OpenAI, model_id: str) -> None:
+    messages: Any = [{"role": "user", "content": "What is 2 + 2?"}]
+    whole = client.chat.completions.create(
+        model=model_id, messages=messages, temperature=0, max_tokens=40
+    )
+    text = whole.choices[0].message.content or ""
+    assert "4" in text
+    assert whole.usage is not None and whole.usage.completion_tokens > 0
+    chunks = list(
+        client.chat.completions.create(
+            model=model_id, messages=messages, temperature=0, max_tokens=40, stream=True
+        )
+    )
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) > 1
+    assert "".join(pieces) == text
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_completion(client: openai.OpenAI, model_id: str) -> None:
+    out = client.completions.create(
+        model=model_id, prompt="The capital of France is", temperature=0, max_tokens=8
+    )
+    assert "Paris" in out.choices[0].text
+    assert out.choices[0].finish_reason == "length"
+
+
+def test_embeddings_have_the_model_width(client: openai.OpenAI, model_id: str) -> None:
+    out = client.embeddings.create(model=model_id, input=["hello world", "bonjour"])
+    vectors = [d.embedding for d in out.data]
+    assert [len(v) for v in vectors] == [576, 576]  # SmolLM2-135M's n_embd
+    assert abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-3
+    assert vectors[0] != vectors[1]
+
+
+def test_json_response_formats(client: openai.OpenAI, model_id: str) -> None:
+    messages: Any = [{"role": "user", "content": "Describe a cat as JSON."}]
+    out = client.chat.completions.create(
+        model=model_id,
+        messages=messages,
+        temperature=0,
+        max_tokens=200,
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(out.choices[0].message.content or ""), dict)
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "legs": {"type": "integer"}},
+        "required": ["name", "legs"],
+        "additionalProperties": False,
+    }
+    out = client.chat.completions.create(
+        model=model_id,
+        messages=messages,
+        temperature=0,
+        max_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "cat", "schema": schema}},
+    )
+    value = json.loads(out.choices[0].message.content or "")
+    assert set(value) == {"name", "legs"}
+    assert isinstance(value["name"], str) and isinstance(value["legs"], int)
+
+
+def test_api_key_is_required(server: Server, model_id: str) -> None:
+    body = json.dumps({"model": model_id, "prompt": "hi", "max_tokens": 1}).encode()
+    for key in (None, "wrong"):
+        status, error = post(server, "/v1/completions", body, key=key)
+        assert status == 401
+        assert error["error"]["code"] == "invalid_api_key"
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(
+    server: Server, client: openai.OpenAI, model_id: str
+) -> None:
+    cases = [
+        (b"{not json", 400, "invalid_json"),
+        (json.dumps({"model": model_id}).encode(), 400, "invalid_value"),
+        (
+            json.dumps(
+                {
+                    "model": model_id,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": -5,
+                }
+            ).encode(),
+            400,
+            "invalid_value",
+        ),
+        (
+            json.dumps(
+                {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode(),
+            404,
+            "model_not_found",
+        ),
+        (
+            json.dumps(
+                {"model": model_id, "messages": [{"role": "user", "content": "word " * 3000}]}
+            ).encode(),
+            400,
+            "context_length_exceeded",
+        ),
+    ]
+    for body, status, code in cases:
+        got, error = post(server, "/v1/chat/completions", body)
+        assert (got, error["error"]["code"]) == (status, code), error
+        assert error["error"]["message"]
+    out = client.completions.create(
+        model=model_id, prompt="The capital of France is", temperature=0, max_tokens=4
+    )
+    assert "Paris" in out.choices[0].text
+    assert server.proc.poll() is None
+
+
+def test_a_client_that_goes_away_stops_its_generation(client: openai.OpenAI, model_id: str) -> None:
+    stream = client.completions.create(
+        model=model_id, prompt="Once upon a time", temperature=0.8, max_tokens=1500, stream=True
+    )
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    # 1500 tokens take this machine far longer than the wait below: the next request is
+    # answered quickly only because the abandoned one was stopped.
+    start = time.monotonic()
+    out = client.completions.create(
+        model=model_id, prompt="The capital of France is", temperature=0, max_tokens=4
+    )
+    assert "Paris" in out.choices[0].text
+    assert time.monotonic() - start < 8
+
+
+def test_chat_page_is_served(server: Server) -> None:
+    with urllib.request.urlopen(server.url + "/", timeout=30) as response:
+        page = response.read().decode()
+    assert "<title>llamapyz</title>" in page
+    assert "http" not in page.split("<script>")[1].replace("https://", "")  # nothing from a CDN
+
+
+def test_port_in_use_is_one_line(smollm2_pyz: Path, server: Server) -> None:
+    result = run_pyz(smollm2_pyz, "--server", "--port", str(server.port), "--nobrowser")
+    assert_clean_error(
+        result, 1, f"cannot listen on 127.0.0.1:{server.port} (Address already in use)"
+    )
+
+
+def test_embedding_flag_and_json_schema_flag(smollm2_pyz: Path, tmp_path: Path) -> None:
+    out = run_pyz(smollm2_pyz, "--embedding", "-p", "hello world")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 576
+    schema = '{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}'
+    out = run_pyz(
+        smollm2_pyz, "-p", "The capital of France as JSON:", "-j", schema, "--temp", "0", "-n", "40"
+    )
+    assert out.returncode == 0, out.stderr
+    assert set(json.loads(out.stdout)) == {"city"}
+    gbnf = tmp_path / "yn.gbnf"
+    gbnf.write_text('root ::= " yes" | " no"\n')
+    out = run_pyz(
+        smollm2_pyz, "-p", "Is the sky blue? Answer:", "--grammar", str(gbnf), "--temp", "0"
+    )
+    assert out.stdout in (" yes", " no")
+    gbnf.write_text("root ::= (\n")
+    bad = run_pyz(smollm2_pyz, "-p", "x", "--grammar", str(gbnf))
+    assert_clean_error(bad, 1, "the grammar is not valid GBNF")
+
+
+def test_server_without_key_and_a_warning_for_open_addresses(smollm2_pyz: Path) -> None:
+    srv = Server(smollm2_pyz, "--host", "0.0.0.0")
+    try:
+        assert "warning: listening on 0.0.0.0" in srv.banner
+        with urllib.request.urlopen(srv.url + "/health", timeout=30) as response:
+            assert json.loads(response.read())["status"] == "ok"
+    finally:
+        srv.stop()
+    assert os.environ.get("LLAMAPYZ_API_KEY") is None
