@@ -162,6 +162,7 @@ def main(**kw: Any) -> None:
         if opts.grammar_file and opts.json_schema:
             raise click.UsageError("give either --grammar or --json-schema, not both")
         grammar_text = _grammar(opts)
+        sock = _bind(opts) if opts.server else None
         chatting = not opts.server and (opts.chat or (opts.prompt is None and sys.stdin.isatty()))
         text = "" if chatting or opts.server else _read_prompt(opts.prompt)
         source = weights.resolve(opts.model, archive())
@@ -177,7 +178,7 @@ def main(**kw: Any) -> None:
             n_threads=opts.threads or settings.default_threads(),
         ) as llm:
             if opts.server:
-                _serve(llm, source, opts, grammar_text)
+                _serve(llm, source, opts, grammar_text, sock)
             elif opts.embedding:
                 click.echo(json.dumps(llm.embed(text)))
             elif chatting:
@@ -291,7 +292,13 @@ def _baked_template() -> Optional[str]:
     return str(value) if value else None
 
 
-def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str]) -> None:
+def _bind(opts: Options) -> Any:
+    from runtime import server
+
+    return server.bind(opts.host, opts.port)
+
+
+def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any) -> None:
     import time
 
     from runtime import server, service, templates
@@ -318,7 +325,7 @@ def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str]) ->
             + ("" if opts.api_key else " (no --api-key is set)"),
             err=True,
         )
-    server.serve(state, opts.host, opts.port, open_browser=not opts.nobrowser)
+    server.serve(state, sock, opts.host, open_browser=not opts.nobrowser)
 
 
 def _print_system_info(choice: object) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import secrets
+import socket
 import struct
 import time
 from dataclasses import dataclass
@@ -426,14 +427,8 @@ class PortError(Exception):
     """The address to listen on cannot be used."""
 
 
-def serve(state: ServerState, host: str, port: int, open_browser: bool) -> None:
-    """Listen on host:port until interrupted; say where on stderr once ready."""
-    import socket
-    import sys
-    import threading
-
-    import uvicorn
-
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, taken before the model loads so that a busy port fails fast."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -443,6 +438,16 @@ def serve(state: ServerState, host: str, port: int, open_browser: bool) -> None:
         sock.close()
         raise PortError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     sock.listen(128)
+    return sock
+
+
+def serve(state: ServerState, sock: socket.socket, host: str, open_browser: bool) -> None:
+    """Serve on `sock` until interrupted; say where on stderr once ready."""
+    import sys
+    import threading
+
+    import uvicorn
+
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{bound}"
