@@ -208,6 +208,7 @@ def build_pyz(
     output: Path,
     *,
     args: Optional[list[str]] = None,
+    defaults: Optional[dict[str, Any]] = None,
     cache: Optional[Path] = None,
 ) -> BuildResult:
     """Write `output`: the runtime, plus `model`'s weights unless `model` is None."""
@@ -241,7 +242,11 @@ def build_pyz(
                 out.seek(offset + size)
                 write_padding(out, align_up(out.tell(), 16))
             manifest = Manifest(
-                weights=weights, model=facts, args=list(args or []), build=build_info
+                weights=weights,
+                model=facts,
+                args=list(args or []),
+                build=build_info,
+                defaults=dict(defaults or {}),
             )
             base = out.tell()
             with rz.path.open("rb") as zfh:

@@ -30,7 +30,13 @@ def cli() -> None:
     help="Where to write the executable. Default: MODEL with a .pyz suffix.",
 )
 @click.option("--no-weights", is_flag=True, help="Build the bare runtime, which then needs -m.")
-def build(model: Optional[Path], output: Optional[Path], no_weights: bool) -> None:
+@click.option(
+    "--chat-template",
+    help="Bake a chat format into the file: a llama.cpp template name or a .jinja file.",
+)
+def build(
+    model: Optional[Path], output: Optional[Path], no_weights: bool, chat_template: Optional[str]
+) -> None:
     """Bundle MODEL (a .gguf) and the runtime into one executable file."""
     from packager.build import build_pyz
 
@@ -40,8 +46,16 @@ def build(model: Optional[Path], output: Optional[Path], no_weights: bool) -> No
         raise click.UsageError("missing MODEL (a .gguf file), or --no-weights for the bare runtime")
     if output is None:
         output = model.with_suffix(".pyz") if model is not None else Path("llamapyz.pyz")
+    defaults = {}
+    if chat_template:
+        from runtime import templates
+
+        try:
+            defaults["chat_template"] = templates.baked(chat_template)
+        except templates.TemplateError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
-        result = build_pyz(model, output)
+        result = build_pyz(model, output, defaults=defaults)
     except PackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {result.path} ({result.size_human})", err=True)
@@ -93,6 +107,9 @@ def inspect(pyz: Path, as_json: bool) -> None:
         click.echo(f"license:        {m.get('license') or 'not stated'}")
     if manifest.args:
         click.echo(f"default args:   {' '.join(manifest.args)}")
+    baked = manifest.defaults.get("chat_template")
+    if isinstance(baked, dict):
+        click.echo(f"chat format:    {baked.get('name')} (set at build; overrides the model's)")
     pkgs = ", ".join(f"{k} {v}" for k, v in sorted(b.get("packages", {}).items()))
     click.echo(f"runtime:        {pkgs}")
     click.echo(

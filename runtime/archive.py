@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
 
@@ -82,6 +82,7 @@ class Manifest:
     model: dict[str, Any]
     args: list[str]
     build: dict[str, Any]
+    defaults: dict[str, Any] = field(default_factory=dict)  # chat template, system prompt …
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +90,7 @@ class Manifest:
             "weights": self.weights.to_json() if self.weights else None,
             "model": self.model,
             "args": self.args,
+            "defaults": self.defaults,
             "build": self.build,
         }
 
@@ -100,6 +102,7 @@ class Manifest:
             model=dict(data.get("model") or {}),
             args=[str(a) for a in data.get("args") or []],
             build=dict(data.get("build") or {}),
+            defaults=dict(data.get("defaults") or {}),
         )
 
 

@@ -278,7 +278,7 @@ def _chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
     chat.run(conversation)
 
 
-def _baked_template() -> Optional[str]:
+def _baked_template() -> Optional[dict[str, str]]:
     """The chat template `pack build --chat-template` put in this file's manifest, if any."""
     found = archive()
     if found is None:
@@ -286,10 +286,10 @@ def _baked_template() -> Optional[str]:
     from runtime.archive import ArchiveError, read_manifest
 
     try:
-        value = read_manifest(found).model.get("chat_template_override")
+        value = read_manifest(found).defaults.get("chat_template")
     except ArchiveError:
         return None
-    return str(value) if value else None
+    return dict(value) if isinstance(value, dict) else None
 
 
 def _bind(opts: Options) -> Any:

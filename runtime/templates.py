@@ -78,12 +78,22 @@ def from_spec(spec: str, why: str) -> ChatFormat:
     return ChatFormat("builtin", spec, why)
 
 
-def choose(model: Any, override: Optional[str], baked: Optional[str]) -> ChatFormat:
+def baked(spec: str) -> dict[str, str]:
+    """What `pack build --chat-template SPEC` records: a built-in name, or a Jinja file's text."""
+    fmt = from_spec(spec, "")
+    if fmt.kind == "jinja":
+        return {"kind": "jinja", "name": fmt.name, "source": fmt.source}
+    return {"kind": "builtin", "name": fmt.name}
+
+
+def choose(model: Any, override: Optional[str], built_in: Optional[dict[str, str]]) -> ChatFormat:
     """The chat format for `model` (an engine.Model), with the reason for the choice."""
     if override:
         return from_spec(override, "from --chat-template")
-    if baked:
-        return from_spec(baked, "set when this file was built")
+    if built_in:
+        why = "set when this file was built"
+        kind, name = built_in.get("kind", "builtin"), built_in.get("name", "")
+        return ChatFormat(kind, name, why, built_in.get("source", ""))
     own = model.meta("tokenizer.chat_template")
     if own:
         return ChatFormat("jinja", "the model's own", "tokenizer.chat_template in the GGUF", own)

@@ -136,3 +136,27 @@ def test_stop_filter(pieces: list[str], stops: tuple[str, ...], expected: str) -
     f = StopFilter(stops)
     out = "".join(f.feed(p) for p in pieces) + f.flush()
     assert out == expected
+
+
+def test_chat_template_baked_at_build(tiny_gguf: Path, tmp_path: Path) -> None:
+    from conftest import pack
+
+    jinja = tmp_path / "t.jinja"
+    jinja.write_text("{% for m in messages %}{{ m['content'] }} {% endfor %}")
+    out = tmp_path / "baked.pyz"
+    built = pack("build", str(tiny_gguf), "-o", str(out), "--chat-template", str(jinja))
+    assert built.returncode == 0, built.stderr
+    jinja.unlink()  # the template travels inside the file
+    assert (
+        "chat format:    t.jinja (set at build; overrides the model's)"
+        in pack("inspect", str(out)).stdout
+    )
+    args = ("--chat", "-n", "6", "--temp", "0")
+    result = run_pyz(out, *args, input="the quick\n")
+    assert "chat template: t.jinja (set when this file was built)" in result.stderr
+    assert result.stdout == run_pyz(out, "-p", "the quick ", "-n", "6", "--temp", "0").stdout + "\n"
+    again = run_pyz(out, *args, "--chat-template", "chatml", input="the quick\n")
+    assert "chat template: chatml (from --chat-template)" in again.stderr
+    bad = pack("build", str(tiny_gguf), "-o", str(tmp_path / "x.pyz"), "--chat-template", "nope")
+    assert_clean_error(bad, 1, "unknown chat template 'nope'")
+    assert not (tmp_path / "x.pyz").exists()
