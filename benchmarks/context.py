@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from benchmarks.procs import BenchError
+from benchmarks.quiet import Gate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,10 +28,15 @@ class Context:
     env: dict[str, str]  # environment for the measured commands
     pack: list[str]
     python: Path  # the interpreter that runs the peer scripts (this venv's)
+    gate: Gate  # waits for an idle machine before each repetition
 
     def log(self, message: str) -> None:
         """Progress goes to stderr; stdout carries only the table."""
         print(message, file=sys.stderr, flush=True)
+
+    def quiet(self) -> float:
+        """Wait until no other work keeps the CPUs busy; the busy share seen last."""
+        return self.gate.wait(self.log)
 
 
 def fetch_script() -> ModuleType:
@@ -79,12 +85,19 @@ def env_python3(env: dict[str, str]) -> str:
 
 
 @contextmanager
-def context(reps: int) -> Iterator[Context]:
+def context(reps: int, idle_budget_s: float) -> Iterator[Context]:
     """A Context whose scratch directory is removed afterwards, however the run ends."""
     tmp_root = bench_cache() / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=tmp_root))
     try:
-        yield Context(reps, work, _child_env(), _pack_command(), Path(sys.executable))
+        yield Context(
+            reps,
+            work,
+            _child_env(),
+            _pack_command(),
+            Path(sys.executable),
+            Gate(budget_s=idle_budget_s),
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,10 +11,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-FORMAT = 1  # bump when the layout changes, to rewrite cached files
+FORMAT = 2  # bump when the layout changes, to rewrite cached files
 N_VOCAB = 32_000
 ROW_BYTES = 8192  # one row: 4096 F16 or 2048 F32 values
 MAX_TENSOR_ROWS = 8192  # 64 MiB tensors keep the writer's memory flat
+HEADER_BYTES = 800_000  # about what the vocabulary takes; the tensors fill the rest of `size`
 
 
 def label(size: int) -> str:
@@ -29,8 +30,8 @@ def path_for(cache: Path, size: int) -> Path:
 
 
 def _tensors(size: int) -> Iterator[tuple[str, int, bool]]:
-    """(name, rows, is_f16) for tensors that add up to `size` bytes, rounded up to a row."""
-    rows_left = -(-size // ROW_BYTES)
+    """(name, rows, is_f16) for tensors that fill a `size`-byte file, rounded up to a row."""
+    rows_left = max(1, -(-(size - HEADER_BYTES) // ROW_BYTES))
     index = 0
     while rows_left:
         rows = min(rows_left, MAX_TENSOR_ROWS)

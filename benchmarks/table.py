@@ -58,6 +58,13 @@ class Row:
         return self.ours_median / peer if peer else None
 
     @property
+    def paired_ratio(self) -> Optional[float]:
+        """Median of per-repetition ratios: steadier than the ratio of medians under drift."""
+        if not self.peer or len(self.peer) != len(self.ours):
+            return None
+        return median([a / b for a, b in zip(self.ours, self.peer) if b])
+
+    @property
     def met(self) -> bool:
         return self.goal.met(self.ours_median, self.ratio)
 
@@ -69,7 +76,13 @@ class Row:
             "llamapyz": {"samples": self.ours, "median": self.ours_median},
             "peer": {"name": self.peer_name, "samples": self.peer, "median": self.peer_median},
             "ratio": self.ratio,
-            "goal": {"op": self.goal.op, "value": self.goal.value, "on": "ratio" if self.goal.on_ratio else "llamapyz", "text": self.goal.text(self.unit)},
+            "paired_ratio_median": self.paired_ratio,
+            "goal": {
+                "op": self.goal.op,
+                "value": self.goal.value,
+                "on": "ratio" if self.goal.on_ratio else "llamapyz",
+                "text": self.goal.text(self.unit),
+            },
             "met": self.met,
             "extra": self.extra,
         }
@@ -79,12 +92,13 @@ class Row:
         peer_text = "-" if peer is None else fmt(peer, self.unit)
         if peer is not None and self.peer_name:
             peer_text = f"{self.peer_name} {peer_text}"
-        ratio = self.ratio
+        # A ratio to the peer is shown only where the goal is one; otherwise it is context.
+        ratio = self.ratio if self.goal.on_ratio else None
         return (
             self.name,
             fmt(self.ours_median, self.unit),
             peer_text,
-            "-" if ratio is None else f"{ratio:.2f}x",
+            "-" if ratio is None else f"{ratio:.3g}x",
             self.goal.text(self.unit),
             "yes" if self.met else "NO",
         )
@@ -94,8 +108,8 @@ def fmt(value: float, unit: str) -> str:
     """Seconds with three significant digits, sizes in MB (10^6 bytes)."""
     if unit == "bytes":
         mb = value / MB
-        return f"{mb:.0f} MB" if mb >= 100 else f"{mb:.1f} MB"
-    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+        return f"{mb:.3g} MB" if mb < 1000 else f"{mb / 1000:.3g} GB"
+    return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
 
 
 def render(rows: list[Row]) -> str:
@@ -105,7 +119,9 @@ def render(rows: list[Row]) -> str:
     right = {1, 2, 3}
 
     def join(cells: tuple[str, ...]) -> str:
-        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ]
         return " | ".join(parts).rstrip()
 
     rule = "-+-".join("-" * w for w in widths)

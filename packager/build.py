@@ -209,11 +209,14 @@ def build_pyz(
     *,
     args: Optional[list[str]] = None,
     defaults: Optional[dict[str, Any]] = None,
+    filename: Optional[str] = None,
+    model_extra: Optional[dict[str, Any]] = None,
     cache: Optional[Path] = None,
 ) -> BuildResult:
     """Write `output`: the runtime, plus `model`'s weights unless `model` is None."""
     _check_output(model, output)
     facts: dict[str, Any] = read_facts(model) if model is not None else {}
+    facts.update(model_extra or {})
     rz = runtime_zip.build(cache or cache_dir())
     build_info = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -238,7 +241,9 @@ def build_pyz(
                 size = int(facts.pop("file_size"))
                 progress = _Progress(f"writing {output.name}", size)
                 sha = _copy_and_hash(model, out, size, progress)
-                weights = Weights(offset=offset, size=size, sha256=sha, filename=model.name)
+                weights = Weights(
+                    offset=offset, size=size, sha256=sha, filename=filename or model.name
+                )
                 out.seek(offset + size)
                 write_padding(out, align_up(out.tell(), 16))
             manifest = Manifest(

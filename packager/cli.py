@@ -22,7 +22,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.argument("model", required=False)
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS...]")
 @click.option(
     "-o",
     "--output",
@@ -34,18 +35,37 @@ def cli() -> None:
     "--chat-template",
     help="Bake a chat format into the file: a llama.cpp template name or a .jinja file.",
 )
+@click.option(
+    "--args-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Default arguments for the file, in llamafile's .args format.",
+)
 def build(
-    model: Optional[Path], output: Optional[Path], no_weights: bool, chat_template: Optional[str]
+    model: Optional[str],
+    run_args: tuple[str, ...],
+    output: Optional[Path],
+    no_weights: bool,
+    chat_template: Optional[str],
+    args_file: Optional[Path],
 ) -> None:
-    """Bundle MODEL (a .gguf) and the runtime into one executable file."""
+    """Bundle MODEL (a .gguf, or ollama:NAME[:TAG]) and the runtime into one executable file.
+
+    Arguments after `--` become the file's defaults: `pack build m.gguf -- --temp 0.2 -c 4096`.
+    """
     from packager.build import build_pyz
+    from packager.sources import from_spec
 
     if no_weights and model is not None:
         raise click.UsageError("give either MODEL or --no-weights, not both")
     if not no_weights and model is None:
         raise click.UsageError("missing MODEL (a .gguf file), or --no-weights for the bare runtime")
+    try:
+        source = from_spec(model) if model is not None else None
+        args = _default_args(source.args if source else [], args_file, list(run_args))
+    except PackError as exc:
+        raise click.ClickException(str(exc)) from None
     if output is None:
-        output = model.with_suffix(".pyz") if model is not None else Path("llamapyz.pyz")
+        output = source.default_output if source and source.default_output else Path("llamapyz.pyz")
     defaults = {}
     if chat_template:
         from runtime import templates
@@ -54,8 +74,17 @@ def build(
             defaults["chat_template"] = templates.baked(chat_template)
         except templates.TemplateError as exc:
             raise click.ClickException(str(exc)) from None
+    for note in source.notes if source else []:
+        click.echo(note, err=True)
     try:
-        result = build_pyz(model, output, defaults=defaults)
+        result = build_pyz(
+            source.path if source else None,
+            output,
+            args=args,
+            defaults=defaults,
+            filename=source.filename if source else None,
+            model_extra=source.model_extra if source else None,
+        )
     except PackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {result.path} ({result.size_human})", err=True)
@@ -68,6 +97,50 @@ def _count(n: object) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+def _default_args(implied: list[str], args_file: Optional[Path], extra: list[str]) -> list[str]:
+    """The file's default arguments: the model's own, an .args file's, then those after `--`;
+    checked against the runtime's flags now, so that a typo fails the build, not every run."""
+    from runtime import argsfile
+    from runtime.cli import main
+
+    args = list(implied)
+    if args_file is not None:
+        try:
+            args += argsfile.parse_args_text(args_file.read_text(encoding="utf-8"), str(args_file))
+        except argsfile.ArgsError as exc:
+            raise PackError(str(exc)) from None
+    args += extra
+    try:
+        main.make_context("pack", [a for a in args if a != argsfile.PLACEHOLDER])
+    except click.ClickException as exc:
+        raise PackError(
+            f"the default arguments {' '.join(args)!r} are not valid: {exc.format_message()}"
+        ) from None
+    return args
+
+
+@cli.command("list-ollama")
+def list_ollama() -> None:
+    """List the models in the local Ollama store (run them with -m ollama:NAME)."""
+    from datetime import datetime
+
+    from packager.build import human
+    from runtime import ollama
+
+    try:
+        models = ollama.list_models()
+    except ollama.OllamaError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not models:
+        click.echo("the Ollama store holds no models", err=True)
+        return
+    width = max(len(m.name) for m in models)
+    click.echo(f"{'NAME':<{width}}  {'SIZE':>9}  MODIFIED")
+    for m in models:
+        when = datetime.fromtimestamp(m.modified).strftime("%Y-%m-%d %H:%M")
+        click.echo(f"{m.name:<{width}}  {human(m.size):>9}  {when}")
 
 
 def _manifest(pyz: Path) -> object:

@@ -31,6 +31,7 @@ class Conversation:
         n_predict: int,
         system: Optional[str],
         notify: Any,
+        stops: tuple[str, ...] = (),
     ) -> None:
         self.model = model
         self.fmt = fmt
@@ -38,6 +39,7 @@ class Conversation:
         self.n_predict = n_predict
         self.system = system
         self.notify = notify
+        self.stops = tuple(fmt.stops) + tuple(stops)
         self.messages: list[templates.Message] = []
         self.reset()
 
@@ -70,7 +72,7 @@ class Conversation:
         answer: list[str] = []
         try:
             tokens = self._prompt_tokens()
-            stops = StopFilter(self.fmt.stops)
+            stops = StopFilter(self.stops)
             for piece in self.model.generate(tokens, self.n_predict, self.sampling):
                 text = stops.feed(piece)
                 if text:

@@ -113,6 +113,20 @@ def _read_prompt(prompt: Optional[str]) -> str:
     "--seed", type=int, default=settings.SEED, show_default=True, help="Random seed; -1 picks one."
 )
 @click.option("--chat", is_flag=True, help="Chat, even when stdin is not a terminal.")
+@click.option(
+    "--cli", is_flag=True, help="Run in the terminal, not as a server (llamafile's flag)."
+)
+@click.option("--stop", multiple=True, help="End the reply where this text appears (repeatable).")
+@click.option(
+    "-ngl",
+    "--n-gpu-layers",
+    "--gpu-layers",
+    type=int,
+    default=0,
+    help="Layers to put on a GPU (accepted for llamafile's sake; this build is CPU-only).",
+)
+@click.option("--mlock", is_flag=True, help="Keep the model in RAM (no swapping out).")
+@click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mapping it.")
 @click.option("--server", is_flag=True, help="Serve the OpenAI-compatible API and a chat page.")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address the server listens on."
@@ -157,15 +171,25 @@ def main(**kw: Any) -> None:
             return
         if opts.chat and opts.prompt is not None:
             raise click.UsageError("give either --chat or -p, not both")
+        if opts.server and opts.cli:
+            raise click.UsageError("give either --server or --cli, not both")
         if opts.server and (opts.chat or opts.prompt is not None):
             raise click.UsageError("--server serves requests: it takes no -p or --chat")
         if opts.grammar_file and opts.json_schema:
             raise click.UsageError("give either --grammar or --json-schema, not both")
+        source = weights.resolve(opts.model, archive())
+        if source.default_args:
+            opts = _with_defaults(source.default_args)
+        if opts.n_gpu_layers:
+            click.echo(
+                "note: this llamapyz runs models on the CPU; it has no GPU support, "
+                "so -ngl changes nothing",
+                err=True,
+            )
         grammar_text = _grammar(opts)
         sock = _bind(opts) if opts.server else None
         chatting = not opts.server and (opts.chat or (opts.prompt is None and sys.stdin.isatty()))
         text = "" if chatting or opts.server else _read_prompt(opts.prompt)
-        source = weights.resolve(opts.model, archive())
         engine.set_verbose(opts.verbose)
         choice = cpu.choose(opts.cpu_variant)
         if opts.verbose:
@@ -176,6 +200,8 @@ def main(**kw: Any) -> None:
             n_ctx=opts.ctx_size,
             n_batch=settings.N_BATCH,
             n_threads=opts.threads or settings.default_threads(),
+            use_mmap=not opts.no_mmap,
+            use_mlock=opts.mlock,
         ) as llm:
             if opts.server:
                 _serve(llm, source, opts, grammar_text, sock)
@@ -216,6 +242,11 @@ class Options:
     repeat_penalty: float
     seed: int
     chat: bool
+    cli: bool
+    stop: tuple[str, ...]
+    n_gpu_layers: int
+    mlock: bool
+    no_mmap: bool
     server: bool
     host: str
     port: int
@@ -255,10 +286,16 @@ def _grammar(opts: Options) -> Optional[str]:
 
 
 def _complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) -> None:
+    from runtime.stops import StopFilter
+
     out = sys.stdout
+    stops = StopFilter(opts.stop)
     for piece in llm.generate(llm.tokenize(text), opts.n_predict, opts.sampling(grammar_text)):
-        out.write(piece)
+        out.write(stops.feed(piece))
         out.flush()
+        if stops.stopped:
+            break
+    out.write(stops.flush())
     if out.isatty():
         out.write("\n")
 
@@ -273,7 +310,7 @@ def _chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
         click.echo(message, err=True)
 
     conversation = chat.Conversation(
-        llm, fmt, opts.sampling(grammar_text), opts.n_predict, opts.system, notify
+        llm, fmt, opts.sampling(grammar_text), opts.n_predict, opts.system, notify, opts.stop
     )
     chat.run(conversation)
 
@@ -316,6 +353,7 @@ def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], so
         aliases=aliases,
         defaults=opts.sampling(grammar_text),
         n_predict=opts.n_predict,
+        stops=opts.stop,
         api_key=opts.api_key,
         created=int(time.time()),
     )
@@ -356,8 +394,34 @@ def _print_system_info(choice: object) -> None:
     click.echo(f"chosen: {choice.variant} ({choice.reason})")
 
 
+_argv: list[str] = []  # the arguments main() parsed, the file's defaults merged in
+
+
+def _with_defaults(defaults: tuple[str, ...]) -> Options:
+    """The options again, with `defaults` (from an Ollama model) before the user's own."""
+    ctx = click.get_current_context()
+    sub = main.make_context(ctx.info_name, [*defaults, *_argv])
+    return Options(**sub.params)
+
+
+def _file_args() -> list[str]:
+    """The default arguments baked into this .pyz (`pack build -- ARGS`, `--args-file`)."""
+    found = archive()
+    if found is None:
+        return []
+    from runtime.archive import ArchiveError, read_manifest
+
+    try:
+        return read_manifest(found).args
+    except ArchiveError:
+        return []  # the real error comes, with its one line, when the weights are opened
+
+
 def run() -> None:
     """Entry point inside a .pyz (and for `python -m runtime`)."""
+    from runtime.argsfile import merge
+
     if os.environ.pop("LLAMAPYZ_SHIV_ROOT_SET", None):
         os.environ.pop("SHIV_ROOT", None)
-    main(prog_name=_prog_name())
+    _argv[:] = merge(_file_args(), sys.argv[1:])
+    main(args=list(_argv), prog_name=_prog_name())

@@ -179,6 +179,7 @@ class Model:
         n_batch: int = 512,
         n_threads: int = 1,
         use_mmap: bool = True,
+        use_mlock: bool = False,
     ) -> None:
         C = bindings()
         self._C = C
@@ -189,7 +190,10 @@ class Model:
 
         params = C.llama_model_default_params()
         params.n_gpu_layers = 0
-        params.load_mode = C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE
+        if use_mlock:
+            params.load_mode = C.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mmap else C.LLAMA_LOAD_MODE_MLOCK
+        else:
+            params.load_mode = C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE
         if source.offset == 0:
             self._model = C.llama_model_load_from_file(str(source.path).encode(), params)
         else:

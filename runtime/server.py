@@ -100,6 +100,7 @@ class ServerState:
     aliases: set[str]
     defaults: Any  # engine.Sampling from the command line
     n_predict: int
+    stops: tuple[str, ...]
     api_key: Optional[str]
     created: int
 
@@ -299,7 +300,8 @@ def _job(
         grammar=gbnf or d.grammar,
     )
     extra = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    return Job(prompt=tokens, n_predict=n_predict, sampling=sampling, stops=tuple(stops) + extra)
+    stops = tuple(stops) + state.stops + extra
+    return Job(prompt=tokens, n_predict=n_predict, sampling=sampling, stops=stops)
 
 
 def _usage(job: Job, done: dict[str, Any]) -> dict[str, int]:

@@ -1,13 +1,19 @@
-"""Turns what the user asked for into an open model source: embedded weights or `-m PATH`."""
+"""Turns what the user asked for into an open model source: the embedded weights, a .gguf, the
+weights of another .pyz or of a llamafile, an Ollama model by name, or an Ollama blob by digest."""
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from runtime.archive import GGUF_MAGIC, ArchiveError, read_manifest
+from runtime.archive import GGUF_MAGIC, MANIFEST_NAME, ArchiveError, read_manifest
+
+DIGEST = re.compile(r"sha256[-:][0-9a-fA-F]{64}")
+# What an Ollama name looks like when it is not a file: `name:tag`, `ns/name[:tag]`, …
+OLLAMA_LIKE = re.compile(r"[A-Za-z0-9_][\w.\-]*(/[\w.\-]+){0,2}(:[\w.\-]+)?")
 
 
 class WeightsError(Exception):
@@ -23,6 +29,8 @@ class ModelSource:
     size: int
     label: str
     filename: str = ""  # the GGUF's own file name, where it has one
+    default_args: tuple[str, ...] = ()  # flags the source implies (Ollama's params, system)
+    license: Optional[str] = None
 
 
 def embedded(pyz: Path) -> ModelSource:
@@ -37,12 +45,33 @@ def embedded(pyz: Path) -> ModelSource:
         )
     w = manifest.weights
     return ModelSource(
-        path=pyz, offset=w.offset, size=w.size, label=f"{pyz.name} (embedded {w.filename})"
+        path=pyz,
+        offset=w.offset,
+        size=w.size,
+        label=f"{pyz.name} (embedded {w.filename})",
+        filename=w.filename,
     )
 
 
+def _zip_model(path: Path, spec: str) -> ModelSource:
+    """A .pyz's embedded weights, or a llamafile's stored GGUF member."""
+    from runtime import llamafile
+
+    with zipfile.ZipFile(path) as zf:
+        ours = MANIFEST_NAME in zf.namelist()
+    if ours:
+        return embedded(path)
+    try:
+        found = llamafile.find_gguf_member(path)
+    except llamafile.LlamafileError as exc:
+        raise WeightsError(str(exc)) from None
+    if found is None:
+        raise WeightsError(f"{spec} is a zip file with no GGUF model in it")
+    return found
+
+
 def from_path(spec: str) -> ModelSource:
-    """A GGUF file, or the weights embedded in another .pyz, named by `-m`."""
+    """A GGUF file, the weights in another .pyz, or a llamafile's, named by `-m`."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise WeightsError(f"{spec} does not exist")
@@ -62,14 +91,62 @@ def from_path(spec: str) -> ModelSource:
             filename=path.name,
         )
     if zipfile.is_zipfile(path):
-        return embedded(path.resolve())
+        return _zip_model(path.resolve(), spec)
     raise WeightsError(f"{spec} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
+
+
+def from_ollama(name: str, verify: bool = False) -> ModelSource:
+    """An Ollama model by name, its params and system prompt as default flags."""
+    from runtime import ollama
+
+    try:
+        model = ollama.resolve(name, verify=verify)
+        flags, _ignored = ollama.params_to_flags(model.params)
+    except ollama.OllamaError as exc:
+        raise WeightsError(str(exc)) from None
+    if model.system:
+        flags += ["--system", model.system]
+    s = model.source
+    return ModelSource(
+        path=s.path,
+        offset=s.offset,
+        size=s.size,
+        label=s.label,
+        filename=model.ref.display.replace(":", "-") + ".gguf",
+        default_args=tuple(flags),
+        license=model.license,
+    )
+
+
+def from_digest(spec: str) -> ModelSource:
+    from runtime import ollama
+
+    try:
+        return ollama.resolve_digest(spec)
+    except ollama.OllamaError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def from_spec(spec: str) -> ModelSource:
+    """Whatever `-m` (or `pack build`) was given."""
+    if spec.startswith("ollama:"):
+        return from_ollama(spec[len("ollama:") :])
+    if DIGEST.fullmatch(spec) and not Path(spec).exists():
+        return from_digest(spec)
+    missing = not Path(spec).expanduser().exists()
+    if missing and OLLAMA_LIKE.fullmatch(spec) and not spec.endswith((".gguf", ".pyz")):
+        # `-m llama3.2:1b`, as an Ollama user would type it.
+        try:
+            return from_ollama(spec)
+        except WeightsError as exc:
+            raise WeightsError(f"{spec} is not a file, nor an Ollama model: {exc}") from None
+    return from_path(spec)
 
 
 def resolve(spec: Optional[str], archive: Optional[Path]) -> ModelSource:
     """`-m SPEC` when given, else the weights embedded in the running archive."""
     if spec:
-        return from_path(spec)
+        return from_spec(spec)
     if archive is None:
         raise WeightsError("no model: give one with -m MODEL.gguf")
     return embedded(archive)

@@ -126,7 +126,9 @@ def test_embeddings_have_the_model_width(client: openai.OpenAI, model_id: str) -
 
 
 def test_json_response_formats(client: openai.OpenAI, model_id: str) -> None:
-    messages: Any = [{"role": "user", "content": "Give me a JSON object with a cat's name and age."}]
+    messages: Any = [
+        {"role": "user", "content": "Give me a JSON object with a cat's name and age."}
+    ]
     out = client.chat.completions.create(
         model=model_id,
         messages=messages,

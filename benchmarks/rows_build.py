@@ -1,0 +1,146 @@
+"""Build rows: `pack build` against `cp` of the same GGUF (time and peak memory)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import synthetic
+from benchmarks.context import Context, bench_cache
+from benchmarks.procs import Run, run, warm_page_cache
+from benchmarks.table import MB, Goal, Row
+from runtime.boot import cache_dir
+
+MAX_TRIES = 3
+TIME_GOAL = Goal("<=", 1.2, on_ratio=True)
+RSS_GOAL = Goal("<=", 300 * MB, on_ratio=False)
+
+
+@dataclass
+class Samples:
+    """The interleaved runs for one GGUF."""
+
+    builds: list[Run] = field(default_factory=list)
+    copies: list[Run] = field(default_factory=list)
+    pyz_size: int = 0
+    redone: int = 0  # builds timed again because pack rebuilt its runtime zip
+    busy: list[float] = field(default_factory=list)  # CPU busy share before each repetition
+
+
+def _runtime_zips() -> set[str]:
+    """The runtime zips in pack's cache; a new one means a build made it, work no row measures."""
+    return {p.name for p in (cache_dir() / "build").glob("runtime-*.zip")}
+
+
+def _build(ctx: Context, gguf: Path) -> tuple[Run, int]:
+    """One `pack build` into the scratch directory; the output is removed afterwards."""
+    out = ctx.work / "out.pyz"
+    result = run([*ctx.pack, "build", str(gguf), "-o", str(out)], ctx.env)
+    size = out.stat().st_size
+    out.unlink()
+    return result, size
+
+
+def _warm_build(ctx: Context, gguf: Path, samples: Samples) -> None:
+    """A build that found the runtime zip cached; an edit to runtime/ mid-run voids a sample."""
+    for _ in range(MAX_TRIES):
+        before = _runtime_zips()
+        result, samples.pyz_size = _build(ctx, gguf)
+        if _runtime_zips() <= before:
+            break
+        samples.redone += 1
+        ctx.log("  (pack rebuilt its runtime zip, as runtime/ changed: timing that build again)")
+    samples.builds.append(result)
+
+
+def _cp(ctx: Context, gguf: Path) -> Run:
+    out = ctx.work / "out.gguf"
+    result = run(["cp", str(gguf), str(out)], ctx.env)
+    out.unlink()
+    return result
+
+
+def _time_pair(ctx: Context, gguf: Path) -> Samples:
+    """`ctx.reps` runs of each, interleaved so that drift on a noisy machine hits both alike."""
+    warm_page_cache(gguf)
+    samples = Samples()
+    for rep in range(ctx.reps):
+        samples.busy.append(ctx.quiet())
+        for which in ("build", "cp") if rep % 2 == 0 else ("cp", "build"):
+            # Earlier outputs' dirty pages go to disk now, not during the next timed run.
+            os.sync()
+            if which == "build":
+                _warm_build(ctx, gguf, samples)
+            else:
+                samples.copies.append(_cp(ctx, gguf))
+        ctx.log(
+            f"  rep {rep + 1}/{ctx.reps}: pack build {samples.builds[-1].wall_s:.3f} s, "
+            f"cp {samples.copies[-1].wall_s:.3f} s"
+        )
+    return samples
+
+
+def _synthetic_files(ctx: Context, sizes: list[int]) -> dict[int, Path]:
+    cache = bench_cache()
+    files: dict[int, Path] = {}
+    for size in sizes:
+        if not synthetic.path_for(cache, size).exists():
+            ctx.log(f"writing a synthetic {synthetic.label(size)} GGUF under {cache} (once) ...")
+        files[size] = synthetic.ensure(cache, size)
+    return files
+
+
+def _time_row(gguf: Path, name: str, samples: Samples) -> Row:
+    return Row(
+        key=f"build_time_{name.replace(' ', '')}",
+        name=f"pack build vs cp, {name} GGUF",
+        unit="s",
+        ours=[r.wall_s for r in samples.builds],
+        peer_name="cp",
+        peer=[r.wall_s for r in samples.copies],
+        goal=TIME_GOAL,
+        extra={
+            "gguf": str(gguf),
+            "gguf_bytes": gguf.stat().st_size,
+            "pyz_bytes": samples.pyz_size,
+            "vocab_tokens": synthetic.N_VOCAB,
+            "builds_redone_after_runtime_rebuild": samples.redone,
+            "busy_before_rep": samples.busy,
+        },
+    )
+
+
+def _rss_row(ctx: Context, gguf: Path, name: str, samples: Samples) -> Row:
+    return Row(
+        key="build_peak_rss",
+        name=f"peak RSS of pack build, {name} GGUF",
+        unit="bytes",
+        ours=[float(r.max_rss_bytes or 0) for r in samples.builds],
+        peer_name="cp",
+        peer=[float(r.max_rss_bytes or 0) for r in samples.copies],
+        goal=RSS_GOAL,
+        extra={
+            "gguf_bytes": gguf.stat().st_size,
+            # What a do-nothing child reports: the footprint of spawn.py, the parent.
+            "floor_bytes": run(["true"], ctx.env).max_rss_bytes,
+        },
+    )
+
+
+def build_rows(ctx: Context, sizes: list[int]) -> list[Row]:
+    """One time row per size, then the peak RSS row for the largest size."""
+    files = _synthetic_files(ctx, sizes)
+    # The first build of a session may make pack's cached runtime zip; no row pays for it.
+    ctx.log("one untimed pack build to warm its runtime cache ...")
+    _build(ctx, files[min(sizes)])
+    rows: list[Row] = []
+    samples = Samples()
+    for size in sizes:
+        name = synthetic.label(size)
+        ctx.log(f"pack build vs cp, {name} GGUF ({ctx.reps} reps) ...")
+        samples = _time_pair(ctx, files[size])
+        rows.append(_time_row(files[size], name, samples))
+    largest = max(sizes)
+    rows.append(_rss_row(ctx, files[largest], synthetic.label(largest), samples))
+    return rows

@@ -1,0 +1,183 @@
+"""Start rows: time to the first token of a .pyz (warm, and with an empty cache) against a plain
+llama-cpp-python script on the same GGUF, what the first start writes, and the .pyz's overhead."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from benchmarks.context import Context
+from benchmarks.procs import (
+    BenchError,
+    Run,
+    output,
+    run,
+    run_first_byte,
+    tree_size,
+    warm_page_cache,
+)
+from benchmarks.table import MB, Goal, Row
+
+PROMPT = "The capital of France is"
+N_PREDICT = 1
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_llama_cpp.py"
+PEER_NAME = "llama-cpp-python"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A .pyz of the model, and the two commands timed against each other."""
+
+    model: Path
+    pyz: Path
+    variant: Optional[str]
+    chosen: str  # the `chosen:` line of --system-info
+    threads: int
+    ours: list[str]
+    peer: list[str]
+
+
+def chosen_line(pyz: Path, env: dict[str, str]) -> str:
+    """What `./x.pyz --system-info` says it chose, e.g. 'zen4 (the best variant ...)'."""
+    text = output([str(pyz), "--system-info"], env)
+    for line in text.splitlines():
+        if line.startswith("chosen:"):
+            return line.removeprefix("chosen:").strip()
+    raise BenchError(f"{pyz} --system-info printed no 'chosen:' line:\n{text}")
+
+
+def prepare(ctx: Context, model: Path, prompt: str = PROMPT) -> Setup:
+    """Build the .pyz (untimed) and learn the CPU variant it picks."""
+    pyz = ctx.work / f"{model.stem}.pyz"
+    ctx.log(f"building {pyz.name} from {model} ...")
+    run([*ctx.pack, "build", str(model), "-o", str(pyz)], ctx.env)
+    chosen = chosen_line(pyz, ctx.env)
+    name = chosen.split()[0] if chosen else ""
+    # A build without GGML_BACKEND_DL reports None: its CPU backend is built in.
+    variant = None if name in ("", "None") else name
+    threads = len(os.sched_getaffinity(0))
+    ours = [str(pyz), "-p", prompt, "-n", str(N_PREDICT), "--temp", "0"]
+    peer = [str(ctx.python), str(PEER_SCRIPT), str(model), prompt, str(N_PREDICT), str(threads)]
+    peer += [variant or ""]
+    return Setup(model, pyz, variant, chosen, threads, ours, peer)
+
+
+@dataclass
+class Pairs:
+    """Interleaved runs of the .pyz and the peer."""
+
+    ours: list[Run] = field(default_factory=list)
+    peer: list[Run] = field(default_factory=list)
+    written: list[int] = field(default_factory=list)  # cache bytes after each first start
+    busy: list[float] = field(default_factory=list)  # CPU busy share before each repetition
+
+
+def _pairs(ctx: Context, setup: Setup, label: str, fresh_cache: bool) -> Pairs:
+    """Interleaved runs of the .pyz and the peer; with `fresh_cache`, each .pyz run starts empty."""
+    pairs = Pairs()
+    ours, peer, written = pairs.ours, pairs.peer, pairs.written
+    for rep in range(ctx.reps):
+        pairs.busy.append(ctx.quiet())
+        for which in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
+            # A first start writes tens of MB; they go to disk now, not in the next run.
+            os.sync()
+            if which == "peer":
+                peer.append(run_first_byte(setup.peer, ctx.env))
+                continue
+            if not fresh_cache:
+                ours.append(run_first_byte(setup.ours, ctx.env))
+                continue
+            cache = ctx.work / f"fresh-cache-{rep}"
+            env = {**ctx.env, "LLAMAPYZ_CACHE": str(cache)}
+            ours.append(run_first_byte(setup.ours, env))
+            written.append(tree_size(cache))
+            shutil.rmtree(cache)
+        ctx.log(
+            f"  rep {rep + 1}/{ctx.reps}: llamapyz {ours[-1].first_byte_s:.3f} s, "
+            f"{PEER_NAME} {peer[-1].first_byte_s:.3f} s"
+        )
+    _check_same_text(ctx, label, ours, peer)
+    return pairs
+
+
+def _check_same_text(ctx: Context, label: str, ours: list[Run], peer: list[Run]) -> None:
+    """Both sides must answer the same: otherwise the timings compare different work."""
+    a, b = ours[0].stdout, peer[0].stdout
+    if a != b:
+        ctx.log(f"warning: {label}: llamapyz printed {a!r}, {PEER_NAME} printed {b!r}")
+
+
+def _first_byte(runs: list[Run]) -> list[float]:
+    return [r.first_byte_s or 0.0 for r in runs]
+
+
+def _extra(pairs: Pairs) -> dict[str, object]:
+    return {
+        "llamapyz_exit_s": [r.wall_s for r in pairs.ours],
+        "peer_exit_s": [r.wall_s for r in pairs.peer],
+        "llamapyz_text": pairs.ours[0].stdout.decode("utf-8", "replace"),
+        "peer_text": pairs.peer[0].stdout.decode("utf-8", "replace"),
+        "busy_before_rep": pairs.busy,
+    }
+
+
+def start_rows(ctx: Context, setup: Setup) -> list[Row]:
+    """Warm start, first start, first start's disk use, and the .pyz's size overhead."""
+    os.sync()  # the build rows' writes must not land on disk during these timings
+    warm_page_cache(setup.pyz)
+    ctx.log(f"start to first token, warm ({ctx.reps} reps after one untimed run each) ...")
+    run_first_byte(setup.ours, ctx.env)
+    run_first_byte(setup.peer, ctx.env)
+    warm = _pairs(ctx, setup, "warm start", fresh_cache=False)
+    ctx.log(f"first start, empty LLAMAPYZ_CACHE ({ctx.reps} reps) ...")
+    first = _pairs(ctx, setup, "first start", fresh_cache=True)
+
+    gguf_size = setup.model.stat().st_size
+    pyz_size = setup.pyz.stat().st_size
+    command = " ".join(["./" + setup.pyz.name, *setup.ours[1:]])
+    return [
+        Row(
+            key="start_warm",
+            name=f"start to first token, warm, vs {PEER_NAME}",
+            unit="s",
+            ours=_first_byte(warm.ours),
+            peer=_first_byte(warm.peer),
+            goal=Goal("<=", 1.10, on_ratio=True),
+            extra={"command": command, **_extra(warm)},
+        ),
+        Row(
+            key="start_first",
+            name=f"first start (empty cache) to first token, vs {PEER_NAME} warm",
+            unit="s",
+            ours=_first_byte(first.ours),
+            peer=_first_byte(first.peer),
+            goal=Goal("<=", 2.0, on_ratio=True),
+            extra={
+                "command": f"LLAMAPYZ_CACHE=<empty dir> {command}",
+                **_extra(first),
+            },
+        ),
+        Row(
+            key="first_run_disk",
+            name="disk written by the first start (cache dir), vs GGUF size",
+            unit="bytes",
+            ours=[float(w) for w in first.written],
+            peer_name="GGUF",
+            peer=[float(gguf_size)],
+            goal=Goal("<", 60 * MB, on_ratio=False),
+            extra={"kernel_write_bytes": [r.written_bytes for r in first.ours]},
+        ),
+        Row(
+            key="pyz_overhead",
+            name=".pyz size minus GGUF size, vs GGUF size",
+            unit="bytes",
+            ours=[float(pyz_size - gguf_size)],
+            peer_name="GGUF",
+            peer=[float(gguf_size)],
+            goal=Goal("<=", 30 * MB, on_ratio=False),
+            extra={"pyz_bytes": pyz_size, "gguf_bytes": gguf_size},
+        ),
+    ]

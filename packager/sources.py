@@ -1,0 +1,70 @@
+"""What `pack build` packages: a GGUF file, or a model from the Ollama store with its settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from packager.errors import PackError
+
+OLLAMA_PREFIX = "ollama:"
+
+
+@dataclass
+class BuildInput:
+    """The GGUF to embed and what the file should default to."""
+
+    path: Path
+    filename: str
+    args: list[str] = field(default_factory=list)
+    model_extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    default_output: Optional[Path] = None
+
+
+def from_spec(spec: str) -> BuildInput:
+    if spec.startswith(OLLAMA_PREFIX):
+        return from_ollama(spec[len(OLLAMA_PREFIX) :])
+    path = Path(spec)
+    return BuildInput(path=path, filename=path.name, default_output=path.with_suffix(".pyz"))
+
+
+def from_ollama(name: str) -> BuildInput:
+    """An Ollama model: its GGUF blob (sha256 checked), params and system prompt as defaults."""
+    from runtime import ollama
+
+    try:
+        model = ollama.resolve(name, verify=True)
+        args, ignored = ollama.params_to_flags(model.params)
+    except ollama.OllamaError as exc:
+        raise PackError(str(exc)) from None
+    if model.system:
+        args += ["--system", model.system]
+    stem = re.sub(r"[^\w.-]+", "-", model.ref.display)
+    notes = []
+    if ignored:
+        notes.append(
+            f"{model.ref.spec}: parameters with no llamapyz flag were left out: {', '.join(ignored)}"
+        )
+    if model.template:
+        notes.append(
+            f"{model.ref.spec} has a Go chat template, which cannot run as Jinja: the file uses "
+            "the GGUF's own chat template (or, without one, picks a format from the model when it runs)"
+        )
+    if model.other_layers:
+        notes.append(
+            f"{model.ref.spec}: layers left out: {', '.join(sorted(set(model.other_layers)))}"
+        )
+    extra: dict[str, Any] = {"ollama": model.ref.spec}
+    if model.license:
+        extra["license_text"] = model.license
+    return BuildInput(
+        path=model.source.path,
+        filename=f"{stem}.gguf",
+        args=args,
+        model_extra=extra,
+        notes=notes,
+        default_output=Path(f"{stem}.pyz"),
+    )
