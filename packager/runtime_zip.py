@@ -187,7 +187,16 @@ def build(cache: Path) -> RuntimeZip:
     target.parent.mkdir(parents=True, exist_ok=True)
     build_id = _write(files, target)
     info.write_text(json.dumps({"build_id": build_id}))
+    _prune(target.parent, keep=3)
     return RuntimeZip(target, build_id, _versions(), variants)
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Drop all but the newest `keep` cached runtime zips: each edit of the runtime makes one."""
+    zips = sorted(folder.glob("runtime-*.zip"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in zips[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
 
 
 def _write(files: list[tuple[str, Path]], target: Path) -> str:

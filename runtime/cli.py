@@ -162,7 +162,7 @@ def _read_prompt(prompt: Optional[str]) -> str:
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
     from runtime import cpu, engine, grammar, templates, weights
-    from runtime.server import PortError
+    from runtime.listen import PortError
 
     opts = Options(**kw)
     try:
@@ -330,9 +330,9 @@ def _baked_template() -> Optional[dict[str, str]]:
 
 
 def _bind(opts: Options) -> Any:
-    from runtime import server
+    from runtime import listen
 
-    return server.bind(opts.host, opts.port)
+    return listen.bind(opts.host, opts.port)
 
 
 def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any) -> None:

@@ -148,9 +148,11 @@ def _probe(path: Path, model: Path) -> tuple[bool, str]:
 
 
 def _key(variants: dict[str, Path]) -> str:
+    """This CPU and these libraries: sizes, not times, so each new extraction of the same
+    runtime (another .pyz name, say) reuses the choice instead of probing again."""
     h = hashlib.sha256(cpu_fingerprint().encode())
     for name, path in sorted(variants.items()):
-        h.update(f"{name}:{path.stat().st_size}:{int(path.stat().st_mtime)}".encode())
+        h.update(f"{name}:{path.stat().st_size}".encode())
     return h.hexdigest()[:16]
 
 
