@@ -186,6 +186,7 @@ class Model:
         self._file: Optional[int] = None
         self._model: Any = None
         self._ctx: Any = None
+        self._embed_ctx: Any = None
         self.source = source
 
         params = C.llama_model_default_params()
@@ -242,7 +243,6 @@ class Model:
         self.stopped_by_context = False
         self.produced = 0  # tokens the last generate() made
         self.finish_reason = "stop"  # why it ended: "stop" (end of text) or "length"
-        self._embed_ctx: Any = None
         self._n_threads = n_threads
 
     def meta(self, key: str) -> Optional[str]:
