@@ -211,19 +211,21 @@ def build_pyz(
     defaults: Optional[dict[str, Any]] = None,
     filename: Optional[str] = None,
     model_extra: Optional[dict[str, Any]] = None,
+    pythons: Optional[list[str]] = None,
     cache: Optional[Path] = None,
 ) -> BuildResult:
     """Write `output`: the runtime, plus `model`'s weights unless `model` is None."""
     _check_output(model, output)
     facts: dict[str, Any] = read_facts(model) if model is not None else {}
     facts.update(model_extra or {})
-    rz = runtime_zip.build(cache or cache_dir())
+    rz = runtime_zip.build(cache or cache_dir(), pythons)
     build_info = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "platform": f"{sys.platform}-{platform.machine()}",
         "packages": rz.packages,
         "cpu_variants": rz.cpu_variants,
+        "pythons": rz.pythons,
         "runtime_build_id": rz.build_id,
     }
     try:

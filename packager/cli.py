@@ -36,6 +36,13 @@ def cli() -> None:
     help="Bake a chat format into the file: a llama.cpp template name or a .jinja file.",
 )
 @click.option(
+    "--python",
+    "pythons",
+    default=",".join(("3.9", "3.10", "3.11", "3.12", "3.13")),
+    show_default=True,
+    help="CPython versions the file runs on (each adds its compiled modules).",
+)
+@click.option(
     "--args-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Default arguments for the file, in llamafile's .args format.",
@@ -47,6 +54,7 @@ def build(
     no_weights: bool,
     chat_template: Optional[str],
     args_file: Optional[Path],
+    pythons: str,
 ) -> None:
     """Bundle MODEL (a .gguf, or ollama:NAME[:TAG]) and the runtime into one executable file.
 
@@ -59,7 +67,10 @@ def build(
         raise click.UsageError("give either MODEL or --no-weights, not both")
     if not no_weights and model is None:
         raise click.UsageError("missing MODEL (a .gguf file), or --no-weights for the bare runtime")
+    from packager.abis import parse_versions
+
     try:
+        versions = parse_versions(pythons)
         source = from_spec(model) if model is not None else None
         args = _default_args(source.args if source else [], args_file, list(run_args))
     except PackError as exc:
@@ -84,6 +95,7 @@ def build(
             defaults=defaults,
             filename=source.filename if source else None,
             model_extra=source.model_extra if source else None,
+            pythons=versions,
         )
     except PackError as exc:
         raise click.ClickException(str(exc)) from None
@@ -189,6 +201,7 @@ def inspect(pyz: Path, as_json: bool) -> None:
         f"built:          {b.get('built_at')} with Python {b.get('python')} on {b.get('platform')}"
     )
     click.echo(f"cpu variants:   {', '.join(b.get('cpu_variants', []))}")
+    click.echo(f"runs on:        CPython {', '.join(b.get('pythons', []))} (Linux x86-64)")
 
 
 @cli.command()

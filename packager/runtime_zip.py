@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 from packager.errors import PackError
 
@@ -57,6 +58,7 @@ class RuntimeZip:
     build_id: str
     packages: dict[str, str]
     cpu_variants: list[str]
+    pythons: list[str]
 
 
 def _dist_files(name: str) -> list[tuple[str, Path]]:
@@ -169,10 +171,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def build(cache: Path) -> RuntimeZip:
-    """The runtime zip for the current build environment, from the cache or built now."""
+def build(cache: Path, pythons: Optional[list[str]] = None) -> RuntimeZip:
+    """The runtime zip for the current build environment and the CPython versions it should
+    run on (default: all supported), from the cache or built now."""
+    from packager import abis
+
+    pythons = pythons or list(abis.SUPPORTED)
     files = collect()
-    key = _key(files)
+    files = sorted(files + abis.extension_files(cache, files, pythons))
+    key = _key(files + [(f"python {v}", Path(__file__)) for v in pythons])
     target = cache / "build" / f"runtime-{key}.zip"
     info = target.with_suffix(".json")
     variants = sorted(
@@ -181,14 +188,14 @@ def build(cache: Path) -> RuntimeZip:
     if target.exists() and info.exists():
         try:
             build_id = json.loads(info.read_text())["build_id"]
-            return RuntimeZip(target, build_id, _versions(), variants)
+            return RuntimeZip(target, build_id, _versions(), variants, pythons)
         except (OSError, ValueError, KeyError):
             pass
     target.parent.mkdir(parents=True, exist_ok=True)
     build_id = _write(files, target)
     info.write_text(json.dumps({"build_id": build_id}))
     _prune(target.parent, keep=3)
-    return RuntimeZip(target, build_id, _versions(), variants)
+    return RuntimeZip(target, build_id, _versions(), variants, pythons)
 
 
 def _prune(folder: Path, keep: int) -> None:

@@ -1,0 +1,94 @@
+"""Compiled extension modules for the other CPython versions a .pyz should run on.
+
+The runtime's pure-Python dependencies run on any supported CPython; only their compiled
+parts (pydantic-core's, markupsafe's) are tied to one ABI. Python picks an extension module
+by its file name (`_pydantic_core.cpython-39-x86_64-linux-gnu.so`), so the files for every
+ABI can lie side by side in one package folder: we add each other ABI's files from that
+version's wheel, fetched once with pip into the build cache.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from packager.errors import PackError
+
+SUPPORTED = ("3.9", "3.10", "3.11", "3.12", "3.13")
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
+EXT = re.compile(r"\.cpython-(3\d+)-x86_64-linux-gnu\.so$")
+
+
+def parse_versions(text: str) -> list[str]:
+    """`3.9,3.10` -> ["3.9", "3.10"], refusing versions the runtime does not support."""
+    wanted = [v.strip() for v in text.split(",") if v.strip()]
+    for v in wanted:
+        if v not in SUPPORTED:
+            raise PackError(f"--python {v}: llamapyz runs on CPython {', '.join(SUPPORTED)}")
+    if not wanted:
+        raise PackError("--python needs at least one version, e.g. 3.11")
+    return sorted(set(wanted), key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def own_version() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def compiled(files: list[tuple[str, Path]]) -> dict[str, str]:
+    """Distribution name -> version, for the bundled distributions with ABI-tagged modules."""
+    found: dict[str, str] = {}
+    for arc, _src in files:
+        if EXT.search(arc):
+            top = arc.split("/")[0]
+            for dist in metadata.packages_distributions().get(top, []):
+                found[dist] = metadata.version(dist)
+    return found
+
+
+def _wheel(cache: Path, dist: str, version: str, python: str) -> Path:
+    folder = cache / "build" / "wheels"
+    tag = python.replace(".", "")
+    pattern = f"{dist.replace('-', '_').lower()}-{version}-cp{tag}-cp{tag}-*.whl"
+    found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(pattern.split("*")[0])]
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+        "--python-version", python, "--implementation", "cp", "--abi", f"cp{tag}",
+        *[arg for p in PLATFORMS for arg in ("--platform", p)],
+        "-d", str(folder), f"{dist}=={version}",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(pattern.split("*")[0])]
+    if done.returncode != 0 or not found:
+        last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise PackError(f"cannot fetch {dist} {version} for Python {python} ({last})")
+    return found[0]
+
+
+def extension_files(
+    cache: Path, files: list[tuple[str, Path]], pythons: list[str]
+) -> list[tuple[str, Path]]:
+    """(path under site-packages, file) for the other ABIs' extension modules, extracted
+    from their wheels into the build cache."""
+    extra: list[tuple[str, Path]] = []
+    for dist, version in sorted(compiled(files).items()):
+        for python in pythons:
+            if python == own_version():
+                continue
+            wheel = _wheel(cache, dist, version, python)
+            out = cache / "build" / "abi" / wheel.stem
+            with zipfile.ZipFile(wheel) as zf:
+                for name in zf.namelist():
+                    if EXT.search(name):
+                        target = out / name
+                        if not target.exists():
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            target.write_bytes(zf.read(name))
+                        extra.append((name, target))
+    return extra
