@@ -25,11 +25,11 @@ from runtime.archive import (
     ALIGNMENT,
     CHUNK,
     MANIFEST_NAME,
-    PREAMBLE,
     Manifest,
     Weights,
     align_up,
     hash_range,
+    preamble,
     write_padding,
 )
 from runtime.boot import cache_dir
@@ -235,7 +235,7 @@ def build_pyz(
     tmp = Path(tmp_name)
     try:
         with _sigterm_interrupts(), open(fd, "w+b", buffering=0) as out:
-            out.write(PREAMBLE)
+            out.write(preamble(rz.pythons))
             weights = None
             if model is not None:
                 offset = ALIGNMENT

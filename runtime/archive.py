@@ -17,24 +17,56 @@ from typing import Any, BinaryIO, Callable, Optional
 ALIGNMENT = 64 * 1024
 MANIFEST_NAME = "llamapyz.json"
 MANIFEST_FORMAT = 1
-# The file starts as a POSIX sh script: it finds a Python, refuses a file whose zip is gone
-# (Python would otherwise try to run the binary as source), then runs the zipapp. sh reads
-# line by line and never reaches the GGUF after `exec`/`exit`; `python3 FILE` skips it.
-PREAMBLE = b"""#!/bin/sh
+# The file starts as a POSIX sh script: it refuses a file cut short, finds a Python, and
+# execs it on a small launcher that checks the Python version and platform and that the zip
+# is still there (Python would otherwise try to run the binary as source), then runs the
+# zipapp. sh reads line by line and never reaches the GGUF after `exec`/`exit`; `python3
+# FILE` skips all this (the zip's own boot module checks the version then).
+PREAMBLE_TEMPLATE = """#!/bin/sh
 # llamapyz: a language model in one file (sh preamble, GGUF weights, Python zipapp).
-for py in "${LLAMAPYZ_PYTHON:-python3}" python3 python3.13 python3.12 python3.11 python3.10 python3.9; do
+test "$(wc -c <"$0" 2>/dev/null || echo 0)" -gt 65536 || { echo "$0 is damaged or truncated: the model and runtime after its header are missing; copy or build it again" >&2; exit 1; }
+for py in "${LLAMAPYZ_PYTHON:-python3}" python3 @NAMES@; do
   command -v "$py" >/dev/null 2>&1 || continue
-  exec "$py" -I -c 'import sys, zipfile
+  exec "$py" -I -c 'import os, sys
+ok = @TUPLES@
 p = sys.argv[1]
+if sys.version_info[:2] not in ok:
+    if not os.environ.get("LLAMAPYZ_PYTHON_TRIED"):
+        for v in reversed(ok):
+            for d in os.environ.get("PATH", "").split(os.pathsep):
+                c = os.path.join(d, "python%d.%d" % v)
+                if d and os.access(c, os.X_OK):
+                    os.environ.update(LLAMAPYZ_PYTHON=c, LLAMAPYZ_PYTHON_TRIED="1")
+                    os.execv("/bin/sh", ["/bin/sh", p] + sys.argv[2:])
+    sys.exit("%s needs CPython %s; found Python %d.%d.%d at %s" % ((p, "@SHOWN@") + tuple(sys.version_info[:3]) + (sys.executable,)))
+import platform
+if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+    sys.exit("%s runs on Linux x86-64; this is %s %s" % (p, sys.platform, platform.machine()))
+import zipfile
 if not zipfile.is_zipfile(p):
     sys.exit(p + " is damaged or truncated: the runtime at its end is missing; copy or build it again")
 sys.argv = sys.argv[1:]
 import runpy
 runpy.run_path(p, run_name="__main__")' "$0" "$@"
 done
-echo "$0: needs Python 3.9 or newer (python3), and none was found on PATH" >&2
+echo "$0: needs CPython @SHOWN@ (python3), and none was found on PATH" >&2
 exit 127
 """
+
+
+def preamble(pythons: list[str]) -> bytes:
+    """The sh preamble for a file that runs on CPython `pythons` (e.g. ["3.9", "3.13"])."""
+    versions = sorted(tuple(int(x) for x in v.split(".")) for v in pythons)
+    return (
+        PREAMBLE_TEMPLATE.replace(
+            "@NAMES@", " ".join(f"python{a}.{b}" for a, b in reversed(versions))
+        )
+        .replace("@TUPLES@", repr(tuple(versions)))
+        .replace("@SHOWN@", ", ".join(f"{a}.{b}" for a, b in versions))
+        .encode()
+    )
+
+
 GGUF_MAGIC = b"GGUF"
 CHUNK = 8 * 1024 * 1024
 

@@ -1,5 +1,7 @@
-"""What runs first inside a .pyz, before shiv extracts anything: choose the cache, remember
-the archive's path, then hand over to shiv's bootstrap.
+"""What runs first inside a .pyz, before shiv extracts anything: check the Python, choose the
+cache (falling back to a temporary one when it cannot be written), extract the runtime
+there with shiv's own functions, drop older extractions of this file, then hand over to
+shiv's bootstrap.
 
 The packager copies this file to the zip's root as `_llamapyz_boot.py`, so it imports only
 the standard library and stays valid on every Python the runtime supports.
@@ -7,10 +9,14 @@ the standard library and stays valid on every Python the runtime supports.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 ARCHIVE: Optional[Path] = None
 
@@ -32,12 +38,99 @@ def archive() -> Optional[Path]:
     return found if isinstance(found, Path) else None
 
 
+def _die(message: str) -> None:
+    sys.stderr.write(f"{message}\n")
+    sys.exit(1)
+
+
+def _check_python(zf: zipfile.ZipFile, path: Path) -> None:
+    """`python3.8 model.pyz` skips the sh preamble's check: make it here."""
+    try:
+        pythons = json.loads(zf.read("llamapyz.json"))["build"]["pythons"]
+    except (KeyError, ValueError, TypeError):
+        return
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if pythons and here not in pythons:
+        _die(
+            f"{path} needs CPython {', '.join(pythons)}; found Python "
+            f"{sys.version.split()[0]} at {sys.executable}"
+        )
+
+
+def _writable(root: Path) -> Optional[str]:
+    """None when `root` can hold files, else why not."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _fall_back(why: str) -> Path:
+    """Use a temporary cache for this run, said once on stderr, removed at exit."""
+    import atexit
+
+    temp = Path(tempfile.mkdtemp(prefix="llamapyz-cache-"))
+    atexit.register(shutil.rmtree, temp, True)
+    sys.stderr.write(
+        f"llamapyz: the cache {cache_dir()} cannot be used ({why}); using {temp} this time\n"
+    )
+    os.environ["LLAMAPYZ_CACHE"] = str(temp)
+    return temp
+
+
+def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
+    """Extract site-packages (once: shiv's lock keeps concurrent starts to one extraction)."""
+    import _bootstrap  # type: ignore[import-not-found]  # shiv's, at the zip's root
+
+    target: Path = _bootstrap.cache_path(zf, str(root), env.build_id)
+    if not (target / "site-packages").exists():
+        try:
+            _bootstrap.extract_site_packages(
+                zf, target, env.compile_pyc, env.compile_workers, False
+            )
+        finally:
+            shutil.rmtree(target.parent / (target.name + ".tmp"), ignore_errors=True)
+        _drop_older(target)
+    return target
+
+
+def _drop_older(current: Path) -> None:
+    """Remove earlier builds' extractions of this same file (shiv keeps them forever)."""
+    name = current.name.rsplit("_", 1)[0]
+    for other in current.parent.glob(f"{name}_*"):
+        if other != current and other.is_dir() and not other.name.endswith(".tmp"):
+            shutil.rmtree(other, ignore_errors=True)
+            (other.parent / f".{other.name}_lock").unlink(missing_ok=True)
+
+
 def main() -> None:
     global ARCHIVE
     ARCHIVE = Path(sys.argv[0]).resolve()
-    if "SHIV_ROOT" not in os.environ:
-        os.environ["SHIV_ROOT"] = str(cache_dir() / "runtimes")
-        os.environ["LLAMAPYZ_SHIV_ROOT_SET"] = "1"
-    import _bootstrap  # type: ignore[import-not-found]  # shiv's, at the zip's root
+    import _bootstrap
+    from _bootstrap.environment import Environment  # type: ignore[import-not-found]
 
+    with zipfile.ZipFile(ARCHIVE) as zf:
+        _check_python(zf, ARCHIVE)
+        env = Environment.from_json(zf.read("environment.json").decode())
+        chosen = os.environ.get("SHIV_ROOT")
+        root = Path(chosen) if chosen else cache_dir() / "runtimes"
+        why = _writable(root)
+        if why is not None:
+            root = _fall_back(why) / "runtimes"
+        try:
+            _extract(zf, env, root)
+        except OSError as exc:
+            if os.environ.get("LLAMAPYZ_CACHE", "").startswith(tempfile.gettempdir()) and why:
+                _die(f"{ARCHIVE}: cannot extract its runtime ({exc.strerror or exc})")
+            root = _fall_back(exc.strerror or str(exc)) / "runtimes"
+            try:
+                _extract(zf, env, root)
+            except OSError as again:
+                _die(f"{ARCHIVE}: cannot extract its runtime ({again.strerror or again})")
+    if not chosen:
+        os.environ["SHIV_ROOT"] = str(root)
+        os.environ["LLAMAPYZ_SHIV_ROOT_SET"] = "1"
     _bootstrap.bootstrap()

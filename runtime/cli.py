@@ -150,6 +150,9 @@ def _read_prompt(prompt: Optional[str]) -> str:
     help="Force a CPU backend variant (e.g. haswell). Env: LLAMAPYZ_CPU_VARIANT.",
 )
 @click.option("--system-info", is_flag=True, help="Show the CPU backend choice and exit.")
+@click.option(
+    "--clean-cache", is_flag=True, help="Remove what older builds left in the cache, and exit."
+)
 @click.option("--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 @click.option(
     "--version",
@@ -166,6 +169,9 @@ def main(**kw: Any) -> None:
 
     opts = Options(**kw)
     try:
+        if opts.clean_cache:
+            _clean_cache()
+            return
         if opts.system_info:
             _print_system_info(cpu.choose(opts.cpu_variant, fresh=True))
             return
@@ -259,6 +265,7 @@ class Options:
     chat_template: Optional[str]
     cpu_variant: Optional[str]
     system_info: bool
+    clean_cache: bool
     verbose: bool
 
     def sampling(self, grammar: Optional[str] = None) -> Any:
@@ -364,6 +371,18 @@ def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], so
             err=True,
         )
     server.serve(state, sock, opts.host, open_browser=not opts.nobrowser)
+
+
+def _clean_cache() -> None:
+    from runtime import cleanup
+    from runtime.boot import cache_dir
+
+    removed, freed, left = cleanup.clean()
+    click.echo(
+        f"removed {removed} old entries ({freed / 1e6:.1f} MB) from {cache_dir()}; "
+        f"it now holds {left / 1e6:.1f} MB",
+        err=True,
+    )
 
 
 def _print_system_info(choice: object) -> None:

@@ -8,6 +8,8 @@ one that answers is used, and the choice is remembered in the cache.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +17,7 @@ import platform
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -210,6 +213,26 @@ def choose(forced: Optional[str] = None, fresh: bool = False) -> Choice:
         known = _remembered(key, variants)
         if known:
             return known
+    with _probe_lock():
+        # Eight copies started at once probe once: the others find the choice here.
+        known = None if fresh else _remembered(key, variants)
+        return known or _probe_all(key, variants)
+
+
+@contextlib.contextmanager
+def _probe_lock() -> Iterator[None]:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        fh = open(cache_dir() / "cpu-variant.lock", "a")  # noqa: SIM115  (held by the with below)
+    except OSError:
+        yield  # no cache to share a choice through: each process probes for itself
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _probe_all(key: str, variants: dict[str, Path]) -> Choice:
     scores = _scores(variants)
     order = sorted(variants, key=lambda n: (-scores.get(n, 1), n))
     model = cache_dir() / "selftest-v1.gguf"

@@ -1,0 +1,45 @@
+"""`--clean-cache`: remove what earlier builds left in the cache, keeping what this file uses."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from runtime.boot import cache_dir
+
+
+def size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def current_extraction() -> Optional[Path]:
+    """The extraction this process runs from (…/runtimes/NAME_BUILD), if it runs from one."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if parent.parent.name == "runtimes":
+            return parent
+    return None
+
+
+def clean() -> tuple[int, int, int]:
+    """(entries removed, bytes freed, bytes left) in the cache."""
+    root = cache_dir()
+    keep = current_extraction()
+    removed = freed = 0
+    for folder in (root / "runtimes", root / "build"):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if keep is not None and (entry == keep or entry.name == f".{keep.name}_lock"):
+                continue
+            freed += size_of(entry)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    left = size_of(root) if root.exists() else 0
+    return removed, freed, left
