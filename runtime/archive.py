@@ -32,8 +32,8 @@ ok = @TUPLES@
 p = sys.argv[1]
 if sys.version_info[:2] not in ok:
     if not os.environ.get("LLAMAPYZ_PYTHON_TRIED"):
-        for v in reversed(ok):
-            for d in os.environ.get("PATH", "").split(os.pathsep):
+        for d in os.environ.get("PATH", "").split(os.pathsep):
+            for v in reversed(ok):
                 c = os.path.join(d, "python%d.%d" % v)
                 if d and os.access(c, os.X_OK):
                     os.environ.update(LLAMAPYZ_PYTHON=c, LLAMAPYZ_PYTHON_TRIED="1")
