@@ -31,10 +31,6 @@ PROBE_CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from runtime.cpu import probe_main; probe_main(sys.argv[2:])"
 )
-SCORES_CODE = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from runtime.cpu import scores_main; scores_main(sys.argv[2:])"
-)
 CHOICE_FORMAT = 1
 
 
@@ -104,32 +100,29 @@ def _site_dir() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
+def score(path: Path) -> int:
+    """The variant's own score for the CPU this process sees (0: it lacks the features).
+
+    Asked in this process, as ggml itself does when it picks a backend: under an emulator
+    (qemu -cpu Nehalem) only this process sees the emulated CPU; a child would run natively.
+    """
+    import ctypes
+
+    import runtime.engine as engine
+
+    engine.bindings()  # loads libggml-base, which the variants link to
+    try:
+        fn = getattr(ctypes.CDLL(str(path)), "ggml_backend_score", None)
+    except OSError:
+        return 0
+    if fn is None:
+        return 1
+    fn.restype = ctypes.c_int
+    return int(fn())
+
+
 def _scores(variants: dict[str, Path]) -> dict[str, int]:
-    """Each variant's own score for this CPU (0: it lacks the features), from a child."""
-    names = sorted(variants)
-    try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-s",
-                "-c",
-                SCORES_CODE,
-                _site_dir(),
-                *[str(variants[n]) for n in names],
-            ],
-            capture_output=True,
-            timeout=PROBE_TIMEOUT,
-            text=True,
-        )
-    except subprocess.TimeoutExpired:
-        return {}
-    if out.returncode != 0:
-        return {}
-    try:
-        values = [int(v) for v in out.stdout.split()]
-    except ValueError:
-        return {}
-    return dict(zip(names, values)) if len(values) == len(names) else {}
+    return {name: score(path) for name, path in variants.items()}
 
 
 def _probe(path: Path, model: Path) -> tuple[bool, str]:
@@ -211,12 +204,14 @@ def choose(forced: Optional[str] = None, fresh: bool = False) -> Choice:
     key = _key(variants)
     if not fresh:
         known = _remembered(key, variants)
-        if known:
+        if known and known.path and score(known.path) > 0:
             return known
     with _probe_lock():
         # Eight copies started at once probe once: the others find the choice here.
         known = None if fresh else _remembered(key, variants)
-        return known or _probe_all(key, variants)
+        if known and known.path and score(known.path) > 0:
+            return known
+        return _probe_all(key, variants)
 
 
 @contextlib.contextmanager
@@ -266,23 +261,6 @@ def _probe_all(key: str, variants: dict[str, Path]) -> Choice:
         "no CPU variant runs on this machine: "
         + "; ".join(f"{n}: {why}" for n, why in tried.items())
     )
-
-
-def scores_main(paths: list[str]) -> None:
-    """Child: print each variant library's score for this CPU."""
-    import ctypes
-
-    import runtime.engine as engine
-
-    engine.bindings()  # loads libggml-base, which the variants link to
-    for p in paths:
-        lib = ctypes.CDLL(p)
-        fn = getattr(lib, "ggml_backend_score", None)
-        if fn is None:
-            print(1)
-            continue
-        fn.restype = ctypes.c_int
-        print(int(fn()))
 
 
 def probe_main(args: list[str]) -> None:

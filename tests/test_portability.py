@@ -184,3 +184,31 @@ def test_older_extractions_are_dropped_and_clean_cache(tiny_gguf: Path, tmp_path
     assert not (cache / "build").exists() or not any((cache / "build").iterdir())
     assert run_pyz(target, *ARGS, env=env).returncode == 0
     assert sys.executable  # the cleaned cache still runs the file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu,expected", [("Nehalem", {"sse42", "x64"}), ("Haswell", {"haswell"})])
+def test_cpu_variant_under_emulated_cpus(
+    tiny_pyz: Path, tmp_path: Path, cpu: str, expected: set[str]
+) -> None:
+    import shutil
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.fail("qemu-x86_64 is not installed (.ci/run installs Debian's qemu-user)")
+    python = str(Path(sys.executable).resolve())  # qemu-user runs an ELF, not a venv's symlink
+    env = dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache"))
+    info = subprocess.run(
+        [qemu, "-cpu", cpu, python, str(tiny_pyz), "--system-info"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    chosen = next(line for line in info.stdout.splitlines() if line.startswith("chosen: "))
+    assert chosen.split()[1] in expected, info.stdout
+    assert "zen4: refused: this CPU lacks the features it was built for" in info.stdout
+    answer = subprocess.run(
+        [qemu, "-cpu", cpu, python, str(tiny_pyz), *ARGS],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout == run_pyz(tiny_pyz, *ARGS).stdout
