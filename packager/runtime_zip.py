@@ -143,12 +143,26 @@ def bundled() -> list[str]:
     return sorted(seen.values(), key=_normal)
 
 
+def _openmp() -> list[tuple[str, Path]]:
+    """The OpenMP runtime the CPU variants link to (libgomp.so.1): not every target has it
+    installed, so it travels too, and the engine loads it only when the system lacks one."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgomp.so.1")
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            paths = {line.split()[-1] for line in fh if "/libgomp.so.1" in line}
+    except OSError:
+        return []
+    return [("llama_cpp/lib/libgomp.so.1", Path(p)) for p in sorted(paths)[:1]]
+
+
 def collect() -> list[tuple[str, Path]]:
     """(path under site-packages, source file) for everything the runtime ships."""
     files = _runtime_package()
     for name in bundled():
         files += _dist_files(name)
-    return sorted(files)
+    return sorted(files + _openmp())
 
 
 def _key(files: list[tuple[str, Path]]) -> str:

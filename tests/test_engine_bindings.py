@@ -51,3 +51,24 @@ def test_bindings_load_without_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_openmp_comes_from_the_bundle_when_the_system_lacks_it(tiny_pyz: object) -> None:
+    import os
+    import zipfile
+    from pathlib import Path
+
+    assert isinstance(tiny_pyz, Path)
+    with zipfile.ZipFile(tiny_pyz) as zf:
+        assert "site-packages/llama_cpp/lib/libgomp.so.1" in zf.namelist()
+    # Inside the file's own runtime, pretend the system has no libgomp.
+    code = "from runtime import engine; print(engine.load_openmp('libgomp-not-installed.so.1'))"
+    out = subprocess.run(
+        [sys.executable, str(tiny_pyz)],
+        input=code,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, SHIV_INTERPRETER="1"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "bundled" in out.stdout
