@@ -134,6 +134,14 @@ def _read_prompt(prompt: Optional[str]) -> str:
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--api-key", envvar="LLAMAPYZ_API_KEY", help="Require this key (Bearer) on /v1.")
 @click.option("--nobrowser", is_flag=True, help="Do not open the chat page in a browser.")
+@click.option(
+    "-np",
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Requests the server decodes together (they share the context).",
+)
 @click.option("--grammar", "grammar_file", help="Constrain output to a GBNF grammar file.")
 @click.option(
     "-j", "--json-schema", help="Constrain output to JSON matching this schema (JSON or file)."
@@ -208,6 +216,7 @@ def main(**kw: Any) -> None:
             n_threads=opts.threads or settings.default_threads(),
             use_mmap=not opts.no_mmap,
             use_mlock=opts.mlock,
+            n_seq_max=opts.parallel if opts.server else 1,
         ) as llm:
             if opts.server:
                 _serve(llm, source, opts, grammar_text, sock)
@@ -258,6 +267,7 @@ class Options:
     port: int
     api_key: Optional[str]
     nobrowser: bool
+    parallel: int
     grammar_file: Optional[str]
     json_schema: Optional[str]
     embedding: bool
@@ -353,7 +363,7 @@ def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], so
     name = llm.meta("general.name") or stem
     aliases = {name, stem, name.lower().replace(" ", "-")}
     state = server.ServerState(
-        service=service.Service(llm),
+        service=service.Service(llm, slots=opts.parallel),
         model=llm,
         fmt=fmt,
         model_id=name,

@@ -180,6 +180,7 @@ class Model:
         n_threads: int = 1,
         use_mmap: bool = True,
         use_mlock: bool = False,
+        n_seq_max: int = 1,
     ) -> None:
         C = bindings()
         self._C = C
@@ -228,6 +229,9 @@ class Model:
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if n_seq_max > 1:  # several requests share one memory, each may use all of it
+            cparams.n_seq_max = n_seq_max
+            cparams.kv_unified = True
         cparams.no_perf = True
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:

@@ -159,8 +159,8 @@ def create_app(state: ServerState) -> FastAPI:
         return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"))
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": state.model_id}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": state.model_id, **state.service.status()}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:

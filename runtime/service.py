@@ -1,8 +1,8 @@
-"""The generation service: one worker thread owns the model; requests wait their turn.
+"""The generation service: one worker thread owns the model and runs requests.
 
-The HTTP layer only submits jobs and reads their events, so the way jobs are scheduled
-(today one at a time in arrival order; later several sharing each forward pass) can change
-without touching it. A cancelled job — its client went away — stops at the next token.
+The HTTP layer only submits jobs and reads their events. Up to `slots` requests share each
+forward pass (runtime.batch); the rest wait in arrival order, at most `max_waiting` of them.
+A cancelled job — its client went away — stops at the next token and frees its slot.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
-
-from runtime.stops import StopFilter
 
 
 class Busy(Exception):
@@ -38,11 +36,22 @@ class Job:
 class Service:
     """Runs jobs on the model, in arrival order, on its own thread."""
 
-    def __init__(self, model: Any, max_waiting: int = 64) -> None:
+    def __init__(self, model: Any, slots: int = 1, max_waiting: int = 64) -> None:
         self.model = model
+        self.slots = slots
         self._jobs: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_waiting)
         self._thread = threading.Thread(target=self._run, name="llamapyz-engine", daemon=True)
         self._thread.start()
+
+    def status(self) -> dict[str, int]:
+        """Slots in use, requests waiting, requests cancelled so far (for /health)."""
+        s = getattr(self, "scheduler", None)
+        return {
+            "slots": self.slots,
+            "busy": s.busy if s else 0,
+            "waiting": self._jobs.qsize(),
+            "cancelled": s.cancelled if s else 0,
+        }
 
     def submit(self, job: Job) -> None:
         try:
@@ -55,35 +64,32 @@ class Service:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                continue
-            try:
-                if job.embed_text is not None:
-                    job.on_event("embedding", self.model.embed(job.embed_text))
-                else:
-                    self._generate(job)
-            except Exception as exc:  # reported to the one request it belongs to
-                job.on_event("error", exc)
+        from runtime.batch import Scheduler
 
-    def _generate(self, job: Job) -> None:
-        stops = StopFilter(job.stops)
-        finish = "stop"
-        for piece in self.model.generate(job.prompt, job.n_predict, job.sampling):
-            if job.cancelled.is_set():
-                finish = "cancelled"
-                break
-            text = stops.feed(piece)
-            if text:
-                job.on_event("text", text)
-            if stops.stopped:
-                break
-        else:
-            finish = self.model.finish_reason
-        tail = stops.flush()
-        if tail:
-            job.on_event("text", tail)
-        job.on_event("done", {"finish_reason": finish, "completion_tokens": self.model.produced})
+        scheduler = Scheduler(self.model, self.slots)
+        self.scheduler = scheduler
+        try:
+            while True:
+                # Wait only when nothing is running; otherwise take what has arrived.
+                while scheduler.free:
+                    try:
+                        job = self._jobs.get(block=not scheduler.active)
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        return
+                    if not job.cancelled.is_set():
+                        self._start(scheduler, job)
+                if scheduler.active:
+                    scheduler.step()
+        finally:
+            scheduler.close()
+
+    def _start(self, scheduler: Any, job: Job) -> None:
+        try:
+            if job.embed_text is not None:
+                job.on_event("embedding", self.model.embed(job.embed_text))
+            else:
+                scheduler.admit(job)
+        except Exception as exc:  # reported to the one request it belongs to
+            job.on_event("error", exc)
