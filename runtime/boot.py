@@ -81,19 +81,46 @@ def _fall_back(why: str) -> Path:
     return temp
 
 
+def python_tag() -> str:
+    return f"cp{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def _wanted(name: str) -> bool:
+    """site-packages members to extract: all but other Pythons' compiled modules."""
+    if not name.startswith("site-packages/") or name.endswith("/"):
+        return False
+    if ".cpython-" in name and name.endswith(".so"):
+        return f".cpython-{python_tag()[2:]}-" in name
+    return True
+
+
 def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
-    """Extract site-packages (once: shiv's lock keeps concurrent starts to one extraction)."""
+    """Extract site-packages for this Python, as shiv would (same place, same lock, same
+    atomic move), but without the compiled modules of the other Pythons the file carries."""
+    import compileall
+
     import _bootstrap  # type: ignore[import-not-found]  # shiv's, at the zip's root
+    from _bootstrap.filelock import FileLock  # type: ignore[import-not-found]
 
     target: Path = _bootstrap.cache_path(zf, str(root), env.build_id)
-    if not (target / "site-packages").exists():
+    if (target / "site-packages").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / (target.name + ".tmp")
+    with FileLock(str(target.parent / f".{target.name}_lock")):
+        if (target / "site-packages").exists():  # another copy extracted it meanwhile
+            return target
         try:
-            _bootstrap.extract_site_packages(
-                zf, target, env.compile_pyc, env.compile_workers, False
-            )
+            for info in zf.infolist():
+                if _wanted(info.filename):
+                    extracted = zf.extract(info, tmp)
+                    os.chmod(extracted, (info.external_attr >> 16) & 0o777 or 0o644)
+            if env.compile_pyc:
+                compileall.compile_dir(str(tmp), quiet=2, workers=env.compile_workers)
+            shutil.move(str(tmp), str(target))
         finally:
-            shutil.rmtree(target.parent / (target.name + ".tmp"), ignore_errors=True)
-        _drop_older(target)
+            shutil.rmtree(tmp, ignore_errors=True)
+    _drop_older(target)
     return target
 
 
@@ -116,16 +143,17 @@ def main() -> None:
         _check_python(zf, ARCHIVE)
         env = Environment.from_json(zf.read("environment.json").decode())
         chosen = os.environ.get("SHIV_ROOT")
-        root = Path(chosen) if chosen else cache_dir() / "runtimes"
+        # One extraction per Python: each holds only its own compiled modules.
+        root = Path(chosen) if chosen else cache_dir() / "runtimes" / python_tag()
         why = _writable(root)
         if why is not None:
-            root = _fall_back(why) / "runtimes"
+            root = _fall_back(why) / "runtimes" / python_tag()
         try:
             _extract(zf, env, root)
         except OSError as exc:
             if os.environ.get("LLAMAPYZ_CACHE", "").startswith(tempfile.gettempdir()) and why:
                 _die(f"{ARCHIVE}: cannot extract its runtime ({exc.strerror or exc})")
-            root = _fall_back(exc.strerror or str(exc)) / "runtimes"
+            root = _fall_back(exc.strerror or str(exc)) / "runtimes" / python_tag()
             try:
                 _extract(zf, env, root)
             except OSError as again:

@@ -16,12 +16,9 @@ def size_of(path: Path) -> int:
 
 
 def current_extraction() -> Optional[Path]:
-    """The extraction this process runs from (…/runtimes/NAME_BUILD), if it runs from one."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if parent.parent.name == "runtimes":
-            return parent
-    return None
+    """The extraction this process runs from (…/runtimes/cpXY/NAME_BUILD), if any."""
+    extraction = Path(__file__).resolve().parents[2]  # runtime/cleanup.py, site-packages
+    return extraction if extraction.parent.parent.name == "runtimes" else None
 
 
 def clean() -> tuple[int, int, int]:
@@ -29,10 +26,11 @@ def clean() -> tuple[int, int, int]:
     root = cache_dir()
     keep = current_extraction()
     removed = freed = 0
-    for folder in (root / "runtimes", root / "build"):
-        if not folder.is_dir():
-            continue
-        for entry in folder.iterdir():
+    folders = [root / "build"]
+    if (root / "runtimes").is_dir():
+        folders += [p for p in (root / "runtimes").iterdir() if p.is_dir()]
+    for folder in folders:
+        for entry in folder.iterdir() if folder.is_dir() else []:
             if keep is not None and (entry == keep or entry.name == f".{keep.name}_lock"):
                 continue
             freed += size_of(entry)

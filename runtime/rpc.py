@@ -25,7 +25,7 @@ Client (`--rpc host:port,host:port`):
     offload = rpc.plan_offload(devices, weights, include_local=..., n_layer=...)
     # engine.Model.__init__, after its own `params.n_gpu_layers = 0` and load_mode, right
     # before llama_model_load_from_file(_ptr):
-    offload.apply(params)                  # hold `offload` until the load call has returned
+    offload.apply(params)                  # and hold `offload` as long as the model
 
 `add_servers` also replaces the engine's abort message for aborts that come from ggml-rpc
 (a worker that stops mid-generation): one line naming the worker, exit code 1.
@@ -42,8 +42,9 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -376,6 +377,7 @@ def add_servers(endpoints: Sequence[tuple[str, int]], timeout: float = CHECK_TIM
     for host, port in endpoints:
         if (host, port) not in _added:
             check_endpoint(host, port, timeout)
+    _install_abort_message()  # before ggml connects: a worker may stop after its check
     add = _proc("ggml_backend_rpc_add_server", _ADD_SERVER)
     g = _ggml()
     devices: list[int] = []
@@ -390,7 +392,6 @@ def add_servers(endpoints: Sequence[tuple[str, int]], timeout: float = CHECK_TIM
                 for i in range(int(g.ggml_backend_reg_dev_count(reg)))
             ]
         devices += _added[(host, port)]
-    _install_abort_message()
     return devices
 
 
@@ -408,15 +409,15 @@ class Offload:
     devices: Any
     tensor_split: Any
     n_gpu_layers: int
-    local_layers: Optional[int] = None  # how many layers stay on this machine, when known
-    keep: list[Any] = field(default_factory=list)
+    local_layers: Optional[int] = None  # how many units stay on this machine, when asked
 
     def apply(self, params: Any) -> None:
         """Set devices, n_gpu_layers, split_mode (by layer) and tensor_split on `params`.
 
         Call it on the struct the engine passes to llama_model_load_from_file(_ptr), after the
-        engine's own settings (it sets n_gpu_layers = 0) and keep this object alive until that
-        call returns.
+        engine's own settings (it sets n_gpu_layers = 0). llama.cpp reads the two arrays during
+        the load (it copies tensor_split, and the device list into the model) but keeps the
+        dangling pointers in the model's params: hold this object as long as the model.
         """
         from runtime import engine
 
@@ -483,8 +484,20 @@ def apply_to_params(
 
 def layer_count(path: Path, offset: int = 0) -> int:
     """The model's `<arch>.block_count`, read from the GGUF header at `offset` in `path`."""
-    fixed = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q"}
-    fixed[12] = "d"
+    # GGUF value types of a fixed size, by their struct format; 8 is a string, 9 an array
+    fixed = {
+        0: "B",
+        1: "b",
+        2: "H",
+        3: "h",
+        4: "I",
+        5: "i",
+        6: "f",
+        7: "?",
+        10: "Q",
+        11: "q",
+        12: "d",
+    }
 
     try:
         with open(path, "rb") as fh:
@@ -566,16 +579,24 @@ _previous_abort: Any = None
 _ABORT = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 
 
-def _lost_workers(timeout: float = 0.5) -> list[str]:
-    """The added workers that no longer accept a connection (a stopped worker refuses it)."""
-    lost = []
-    for host, port in _added:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                pass
-        except OSError:
-            lost.append(format_endpoint(host, port))
-    return lost
+def _lost_workers(timeout: float = 0.5, tries: int = 5) -> list[str]:
+    """The added workers that no longer accept a connection (a stopped worker refuses it).
+
+    Asked a few times: a worker that is being killed drops our connection a moment before
+    the kernel closes its listening socket.
+    """
+    for attempt in range(tries):
+        lost = []
+        for host, port in _added:
+            try:
+                with socket.create_connection((host, port), timeout=timeout):
+                    pass
+            except OSError:
+                lost.append(format_endpoint(host, port))
+        if lost or attempt == tries - 1:
+            return lost
+        time.sleep(0.2)
+    return []
 
 
 def abort_message(message: str) -> Optional[str]:

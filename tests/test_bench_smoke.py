@@ -1,4 +1,10 @@
-"""`python -m benchmarks --quick` runs end to end on a tiny real model and reports every row."""
+"""`python -m benchmarks --quick` runs end to end on a tiny real model and reports every row.
+
+The speed and server rows need llama.cpp's own llama-bench and llama-server, which
+scripts/build-peers.sh builds in 10-20 minutes: where this machine has them built already,
+the test runs those rows too; where not (a fresh CI machine), it checks that they are
+skipped with a note saying how to build them, and --quick never starts that build.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -20,7 +27,24 @@ ROW_KEYS = [
     "start_first",
     "first_run_disk",
     "pyz_overhead",
+    "speed_pp512",
+    "speed_tg128",
+    "server_1_client",
+    "server_4_clients",
 ]
+PEER_ROWS = {"speed_pp512", "speed_tg128", "server_1_client", "server_4_clients"}
+NOT_BUILT = "skipped: run scripts/build-peers.sh (or make bench) first"
+
+
+def _built_peers() -> Optional[Path]:
+    """This machine's build of llama-bench and llama-server, if scripts/build-peers.sh made one."""
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-peers.sh")],
+        env={**os.environ, "LLAMAPYZ_PEERS_NO_BUILD": "1"},
+        capture_output=True,
+        text=True,
+    )
+    return Path(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
 
 
 def _isolated_env(tmp_path: Path) -> dict[str, str]:
@@ -39,6 +63,7 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
     model = tmp_path / "tiny.gguf"
     selftest_model.write(model)
     result = tmp_path / "r.json"
+    peers = _built_peers()
     done = subprocess.run(
         [
             sys.executable,
@@ -51,12 +76,13 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
             "the quick brown fox",
             "--json",
             str(result),
+            *(["--peers", str(peers)] if peers else []),
         ],
         cwd=REPO,
         env=_isolated_env(tmp_path),
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=170 if peers else 110,
     )
     assert done.returncode == 0, done.stderr
 
@@ -64,6 +90,12 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
     rows = data["rows"]
     assert [r["key"] for r in rows] == ROW_KEYS
     for row in rows:
+        if row["key"] in PEER_ROWS and peers is None:
+            # Not built in the isolated caches, and --quick must not build them.
+            assert row["skipped"] == NOT_BUILT, row
+            assert row["met"] is None and row["llamapyz"]["samples"] == [], row
+            continue
+        assert row["skipped"] is None, row
         ours = row["llamapyz"]
         assert ours["samples"] and all(s > 0 for s in ours["samples"]), row
         assert ours["median"] > 0, row
@@ -87,6 +119,15 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
     ]
     for row in rows:
         assert any(line.startswith(row["name"] + " ") for line in lines), row["name"]
+    if peers is None:
+        assert not (tmp_path / "dev-cache" / "peers").exists()  # no build was started
+        assert sum(NOT_BUILT in line for line in lines) == len(PEER_ROWS)
+    else:
+        assert data["peers"]["variant"] == data["machine"]["cpu_variant"]
+    # The chart of the build rows lies next to the JSON.
+    pytest.importorskip("matplotlib")
+    assert data["chart"] == str(result.with_suffix(".png"))
+    assert result.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The synthetic GGUF stays in the dev cache; the scratch outputs are gone.
     bench = tmp_path / "dev-cache" / "bench"

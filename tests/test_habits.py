@@ -146,9 +146,8 @@ def test_args_file_with_placeholder(tiny_gguf: Path, tmp_path: Path) -> None:
 
 def test_invalid_default_args_fail_the_build(tiny_gguf: Path, tmp_path: Path) -> None:
     result = pack("build", str(tiny_gguf), "-o", str(tmp_path / "x.pyz"), "--", "--tmep", "0")
-    assert_clean_error(
-        result, 1, "the default arguments '--tmep 0' are not valid: No such option '--tmep'."
-    )
+    assert_clean_error(result, 1, "the default arguments '--tmep 0' are not valid: No such option")
+    assert "--temp" in result.stderr.split("--tmep 0")[1]  # the close match
     bad = tmp_path / "bad.args"
     bad.write_text("-p 'unclosed\n")
     result = pack("build", str(tiny_gguf), "-o", str(tmp_path / "x.pyz"), "--args-file", str(bad))
@@ -182,5 +181,5 @@ def test_llamafile_flags(tiny_pyz: Path) -> None:
     assert plain.startswith(stopped) and len(stopped) < len(plain)
     unknown = run_pyz(tiny_pyz, *args, "--temperature", "0")
     assert unknown.returncode == 2
-    assert "No such option '--temperature'. (Did you mean one of: " in unknown.stderr
-    assert "'--temp'" in unknown.stderr
+    assert "No such option" in unknown.stderr and "--temperature" in unknown.stderr
+    assert "--temp," in unknown.stderr or "'--temp'" in unknown.stderr  # the close match

@@ -113,8 +113,9 @@ def test_eight_copies_at_once_on_an_empty_cache(tiny_pyz: Path, tmp_path: Path) 
     results = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]
     assert len({out for out, _ in results}) == 1 and results[0][0].strip()
-    extractions = [p for p in (cache / "runtimes").iterdir() if p.is_dir()]
+    extractions = [p for p in (cache / "runtimes").glob("cp*/*") if p.is_dir()]
     assert len(extractions) == 1, extractions
+    assert extractions[0].parent.name == f"cp{sys.version_info[0]}{sys.version_info[1]}"
     assert (cache / "cpu-variant.json").exists()
 
 
@@ -170,16 +171,16 @@ def test_older_extractions_are_dropped_and_clean_cache(tiny_gguf: Path, tmp_path
             == 0
         )
         assert run_pyz(target, *ARGS, env=env).returncode == 0
-    assert len([p for p in (cache / "runtimes").glob("m.pyz_*") if p.is_dir()]) == 1
+    assert len([p for p in (cache / "runtimes").glob("cp*/m.pyz_*") if p.is_dir()]) == 1
     other = tmp_path / "other.pyz"
     other.write_bytes(target.read_bytes())
     other.chmod(0o755)
     assert run_pyz(other, *ARGS, env=env).returncode == 0
-    assert len([p for p in (cache / "runtimes").iterdir() if p.is_dir()]) == 2
+    assert len([p for p in (cache / "runtimes").glob("cp*/*") if p.is_dir()]) == 2
     cleaned = run_pyz(target, "--clean-cache", env=env)
     assert cleaned.returncode == 0, cleaned.stderr
     assert cleaned.stderr.startswith("removed ")
-    left = [p.name for p in (cache / "runtimes").iterdir() if p.is_dir()]
+    left = [p.name for p in (cache / "runtimes").glob("cp*/*") if p.is_dir()]
     assert len(left) == 1 and left[0].startswith("m.pyz_")
     assert not (cache / "build").exists() or not any((cache / "build").iterdir())
     assert run_pyz(target, *ARGS, env=env).returncode == 0
