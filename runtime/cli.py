@@ -125,6 +125,17 @@ def _read_prompt(prompt: Optional[str]) -> str:
     default=0,
     help="Layers to put on a GPU (accepted for llamafile's sake; this build is CPU-only).",
 )
+@click.option("--rpc", "rpc_workers", help="Split the model over RPC workers: HOST:PORT,HOST:PORT.")
+@click.option(
+    "--tensor-split",
+    help="Weights for the split, one per worker (then one for this machine with --rpc-local).",
+)
+@click.option("--rpc-local", is_flag=True, help="Keep a share of the layers on this machine too.")
+@click.option(
+    "--rpc-worker",
+    metavar="[HOST:]PORT",
+    help="Serve this machine's CPU to RPC clients (127.0.0.1 unless a host is given).",
+)
 @click.option("--mlock", is_flag=True, help="Keep the model in RAM (no swapping out).")
 @click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mapping it.")
 @click.option("--server", is_flag=True, help="Serve the OpenAI-compatible API and a chat page.")
@@ -172,7 +183,7 @@ def _read_prompt(prompt: Optional[str]) -> str:
 )
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
-    from runtime import cpu, engine, grammar, templates, weights
+    from runtime import cpu, engine, grammar, rpc, templates, weights
     from runtime.listen import PortError
 
     opts = Options(**kw)
@@ -180,8 +191,12 @@ def main(**kw: Any) -> None:
         if opts.clean_cache:
             _clean_cache()
             return
+        if opts.rpc_worker:
+            _rpc_worker(opts)
+            return
+        endpoints = rpc.parse_endpoints(opts.rpc_workers) if opts.rpc_workers else []
         if opts.system_info:
-            _print_system_info(cpu.choose(opts.cpu_variant, fresh=True))
+            _print_system_info(cpu.choose(opts.cpu_variant, fresh=True), endpoints)
             return
         if opts.chat and opts.prompt is not None:
             raise click.UsageError("give either --chat or -p, not both")
@@ -194,7 +209,7 @@ def main(**kw: Any) -> None:
         source = weights.resolve(opts.model, archive())
         if source.default_args:
             opts = _with_defaults(source.default_args)
-        if opts.n_gpu_layers:
+        if opts.n_gpu_layers and not endpoints:
             click.echo(
                 "note: this llamapyz runs models on the CPU; it has no GPU support, "
                 "so -ngl changes nothing",
@@ -209,6 +224,7 @@ def main(**kw: Any) -> None:
         if opts.verbose:
             click.echo(f"cpu variant: {choice.variant} ({choice.reason})", err=True)
         engine.start_backend(choice.path)
+        offload = _offload(opts, source, endpoints) if endpoints else None
         with engine.Model(
             source,
             n_ctx=opts.ctx_size,
@@ -217,6 +233,7 @@ def main(**kw: Any) -> None:
             use_mmap=not opts.no_mmap,
             use_mlock=opts.mlock,
             n_seq_max=opts.parallel if opts.server else 1,
+            offload=offload,
         ) as llm:
             if opts.server:
                 _serve(llm, source, opts, grammar_text, sock)
@@ -233,6 +250,7 @@ def main(**kw: Any) -> None:
         templates.TemplateError,
         grammar.GrammarError,
         PortError,
+        rpc.RpcError,
     ) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -260,6 +278,10 @@ class Options:
     cli: bool
     stop: tuple[str, ...]
     n_gpu_layers: int
+    rpc_workers: Optional[str]
+    tensor_split: Optional[str]
+    rpc_local: bool
+    rpc_worker: Optional[str]
     mlock: bool
     no_mmap: bool
     server: bool
@@ -395,8 +417,41 @@ def _clean_cache() -> None:
     )
 
 
-def _print_system_info(choice: object) -> None:
-    from runtime import cpu
+def _rpc_worker(opts: Options) -> None:
+    from runtime import rpc
+
+    endpoint = opts.rpc_worker or ""
+    if ":" not in endpoint:  # a port alone: loopback, since the protocol has no authentication
+        endpoint = f"127.0.0.1:{endpoint}"
+    rpc.worker_main([endpoint, "--threads", str(opts.threads or settings.default_threads())])
+
+
+def _offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any:
+    """How the model is split over the RPC workers (and this machine, with --rpc-local)."""
+    from runtime import rpc
+
+    devices = rpc.add_servers(endpoints)
+    weights = None
+    if opts.tensor_split:
+        try:
+            weights = [float(w) for w in opts.tensor_split.split(",")]
+        except ValueError:
+            raise rpc.RpcError(
+                f"--tensor-split {opts.tensor_split}: give numbers separated by commas"
+            ) from None
+    offload = rpc.plan_offload(
+        devices,
+        weights,
+        include_local=opts.rpc_local,
+        n_layer=rpc.layer_count(source.path, source.offset),
+    )
+    if opts.n_gpu_layers and not opts.rpc_local:
+        offload.n_gpu_layers = opts.n_gpu_layers  # llama.cpp's meaning: layers sent away
+    return offload
+
+
+def _print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]] = None) -> None:
+    from runtime import cpu, engine, rpc
 
     assert isinstance(choice, cpu.Choice)
     fingerprint = cpu.cpu_fingerprint().split()
@@ -421,6 +476,13 @@ def _print_system_info(choice: object) -> None:
     for name, why in choice.tried.items():
         click.echo(f"  {name}: {why}")
     click.echo(f"chosen: {choice.variant} ({choice.reason})")
+    engine.set_verbose(False)
+    engine.start_backend(choice.path)
+    if endpoints:
+        rpc.add_servers(endpoints)
+    click.echo("devices:")
+    for line in rpc.devices_summary():
+        click.echo(f"  {line}")
 
 
 _argv: list[str] = []  # the arguments main() parsed, the file's defaults merged in

@@ -181,6 +181,7 @@ class Model:
         use_mmap: bool = True,
         use_mlock: bool = False,
         n_seq_max: int = 1,
+        offload: Any = None,
     ) -> None:
         C = bindings()
         self._C = C
@@ -196,6 +197,9 @@ class Model:
             params.load_mode = C.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mmap else C.LLAMA_LOAD_MODE_MLOCK
         else:
             params.load_mode = C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE
+        self._offload = offload  # rpc.Offload: its ctypes arrays must outlive the load
+        if offload is not None:
+            offload.apply(params)
         if source.offset == 0:
             self._model = C.llama_model_load_from_file(str(source.path).encode(), params)
         else:

@@ -1,0 +1,159 @@
+"""llama.cpp's RPC backend from the .pyz itself: `--rpc-worker` and `--rpc`, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import assert_clean_error, run_pyz
+
+PROMPT = "the quick brown fox"
+ARGS = ("-p", PROMPT, "-n", "12", "--temp", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    def __init__(self, pyz: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc = subprocess.Popen(
+            [str(pyz), "--rpc-worker", *(args or (str(self.port),))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.banner = self.proc.stderr.readline() if self.proc.stderr else ""
+        deadline = time.monotonic() + 60
+        while True:  # ready when it accepts a connection
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            assert self.proc.poll() is None, self.banner + (
+                self.proc.stderr.read() if self.proc.stderr else ""
+            )
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture()
+def workers(bare_pyz: Path) -> Iterator[list[Worker]]:
+    pool = [Worker(bare_pyz), Worker(bare_pyz)]
+    yield pool
+    for w in pool:
+        w.stop()
+
+
+def rpc_list(pool: list[Worker]) -> str:
+    return ",".join(f"127.0.0.1:{w.port}" for w in pool)
+
+
+def test_split_over_two_workers_gives_the_local_text(tiny_pyz: Path, workers: list[Worker]) -> None:
+    assert workers[0].banner.startswith(f"llamapyz RPC worker on 127.0.0.1:{workers[0].port}: CPU ")
+    local = run_pyz(tiny_pyz, *ARGS)
+    split = run_pyz(tiny_pyz, *ARGS, "--rpc", rpc_list(workers), "-ngl", "99", "--verbose")
+    assert split.returncode == 0, split.stderr
+    assert split.stdout == local.stdout and local.stdout.strip()
+    assert f"using device RPC0 (127.0.0.1:{workers[0].port})" in split.stderr
+    assert f"using device RPC1 (127.0.0.1:{workers[1].port})" in split.stderr
+    weighted = run_pyz(
+        tiny_pyz, *ARGS, "--rpc", rpc_list(workers), "--tensor-split", "3,1,1", "--rpc-local"
+    )
+    assert weighted.returncode == 0, weighted.stderr
+    assert weighted.stdout == local.stdout
+    info = run_pyz(tiny_pyz, "--system-info", "--rpc", rpc_list(workers))
+    assert f"RPC1: 127.0.0.1:{workers[1].port} (RPC worker" in info.stdout
+
+
+@pytest.mark.slow
+def test_smollm2_split_and_served(smollm2_pyz: Path, workers: list[Worker]) -> None:
+    import openai
+    from test_server import Server
+
+    args = ("-p", "The capital of France is", "-n", "16", "--temp", "0")
+    local = run_pyz(smollm2_pyz, *args)
+    split = run_pyz(smollm2_pyz, *args, "--rpc", rpc_list(workers))
+    assert split.returncode == 0, split.stderr
+    assert split.stdout == local.stdout and "Paris" in local.stdout
+    srv = Server(smollm2_pyz, "--rpc", rpc_list(workers), "-np", "1")
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        model = client.models.list().data[0].id
+        out = client.completions.create(
+            model=model, prompt="The capital of France is", temperature=0, max_tokens=16
+        )
+        assert out.choices[0].text == local.stdout
+    finally:
+        srv.stop()
+
+
+def test_unreachable_worker_and_malformed_lists(tiny_pyz: Path) -> None:
+    port = free_port()
+    assert_clean_error(
+        run_pyz(tiny_pyz, *ARGS, "--rpc", f"127.0.0.1:{port}"),
+        1,
+        f"cannot reach the RPC worker 127.0.0.1:{port} (Connection refused)",
+    )
+    for bad in ("127.0.0.1", "127.0.0.1:99999", "127.0.0.1:50052,,", "host name:1"):
+        result = run_pyz(tiny_pyz, *ARGS, "--rpc", bad)
+        assert result.returncode == 1, (bad, result.stderr)
+        assert "Traceback" not in result.stderr and result.stderr.startswith("Error: ")
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_worker_port_in_use_and_open_address_warning(bare_pyz: Path, workers: list[Worker]) -> None:
+    busy = run_pyz(bare_pyz, "--rpc-worker", str(workers[0].port))
+    assert_clean_error(
+        busy, 1, f"cannot listen on 127.0.0.1:{workers[0].port} (Address already in use)"
+    )
+    port = free_port()
+    exposed = Worker(bare_pyz, f"0.0.0.0:{port}", port=port)
+    try:
+        assert "warning" in exposed.banner.lower() and "0.0.0.0" in exposed.banner
+    finally:
+        exposed.stop()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_generation(smollm2_pyz: Path, workers: list[Worker]) -> None:
+    client = subprocess.Popen(
+        [
+            str(smollm2_pyz),
+            "-p",
+            "Once upon a time",
+            "-n",
+            "2000",
+            "--temp",
+            "0.8",
+            "--rpc",
+            rpc_list(workers),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    client.stdout.read(20)  # the story has started
+    os.kill(workers[1].proc.pid, signal.SIGKILL)
+    _, err = client.communicate(timeout=120)
+    assert client.returncode == 1, err
+    assert "Traceback" not in err and "ggml_abort" not in err
+    assert f"lost the connection to the RPC worker 127.0.0.1:{workers[1].port}" in err
