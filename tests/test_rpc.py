@@ -522,13 +522,6 @@ def test_bundled_rpc_library_is_found() -> None:
     assert rpc.rpc_library().name == "libggml-rpc.so"
 
 
-def test_other_hosts_in_network_namespaces() -> None:
-    pytest.skip(
-        "workers on other machines are stood in for by other ports on 127.0.0.1; network "
-        "namespaces (ip netns) need root and a veth pair, which this suite does not set up"
-    )
-
-
 def test_worker_keeps_its_cache_in_the_llamapyz_cache(tmp_path: Path) -> None:
     port = free_port()
     worker = Worker(port, tmp_path / "w.log")

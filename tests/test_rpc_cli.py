@@ -157,3 +157,78 @@ def test_worker_killed_mid_generation(smollm2_pyz: Path, workers: list[Worker]) 
     assert client.returncode == 1, err
     assert "Traceback" not in err and "ggml_abort" not in err
     assert f"lost the connection to the RPC worker 127.0.0.1:{workers[1].port}" in err
+
+
+@pytest.fixture()
+def two_hosts() -> Iterator[list[tuple[str, str]]]:
+    """Two test hosts made here: network namespaces joined to this one by veth pairs.
+    Yields (namespace, address) for each; skips, saying why, without the rights to make them."""
+    import shutil
+
+    ip = shutil.which("ip")
+    if ip is None or os.geteuid() != 0:
+        pytest.skip("network namespaces need root and iproute2's `ip`")
+    tag = str(os.getpid())[-5:]
+    made: list[tuple[str, str]] = []
+
+    def sh(*args: str) -> None:
+        subprocess.run([ip, *args], check=True, capture_output=True, text=True)
+
+    try:
+        for i in (1, 2):
+            ns, host_if, ns_if = f"lpz{tag}w{i}", f"lpz{tag}h{i}", f"lpz{tag}n{i}"
+            sh("netns", "add", ns)
+            made.append((ns, f"10.231.{i}.2"))
+            sh("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+            sh("link", "set", ns_if, "netns", ns)
+            sh("addr", "add", f"10.231.{i}.1/24", "dev", host_if)
+            sh("link", "set", host_if, "up")
+            sh("-n", ns, "addr", "add", f"10.231.{i}.2/24", "dev", ns_if)
+            sh("-n", ns, "link", "set", ns_if, "up")
+            sh("-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        for ns, _ in made:
+            subprocess.run([ip, "netns", "del", ns], capture_output=True)
+        pytest.skip(f"cannot make network namespaces here ({exc.stderr.strip()})")
+    yield made
+    for i, (ns, _) in enumerate(made, start=1):
+        subprocess.run([ip, "link", "del", f"lpz{tag}h{i}"], capture_output=True)
+        subprocess.run([ip, "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.slow
+def test_workers_on_two_other_hosts(
+    tiny_pyz: Path, bare_pyz: Path, two_hosts: list[tuple[str, str]]
+) -> None:
+    procs = []
+    try:
+        for ns, address in two_hosts:
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, str(bare_pyz), "--rpc-worker", f"{address}:50052"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        banners = [p.stderr.readline() for p in procs if p.stderr]
+        assert all("warning" in b.lower() for b in banners), banners  # not loopback: said so
+        deadline = time.monotonic() + 60
+        for _, address in two_hosts:
+            while True:
+                with socket.socket() as s:
+                    s.settimeout(1)
+                    if s.connect_ex((address, 50052)) == 0:
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        workers = ",".join(f"{address}:50052" for _, address in two_hosts)
+        local = run_pyz(tiny_pyz, *ARGS)
+        split = run_pyz(tiny_pyz, *ARGS, "--rpc", workers, "--verbose")
+        assert split.returncode == 0, split.stderr
+        assert split.stdout == local.stdout
+        assert f"using device RPC1 ({two_hosts[1][1]}:50052)" in split.stderr
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
