@@ -1,37 +1,46 @@
-"""The only module that imports llama_cpp: backend start, model load (FILE* included), generation.
+"""Model load (FILE* included) and generation over llama.cpp's bindings.
 
-We use llama-cpp-python's ctypes bindings (`llama_cpp.llama_cpp`) and none of its high-level
-classes: `llama_cpp/__init__.py` imports numpy, which the .pyz does not carry, and the
-high-level generate loop copies logits through numpy for every token. Sampling happens in
+With `runtime.backend`, the only modules that touch llama_cpp. Sampling happens in
 llama.cpp's own sampler chain, in the same order llama-cpp-python builds it, so that the
-same seed and settings give the same tokens. `tests/test_engine_bindings.py` fails if the
-bindings we lean on drift.
+same seed and settings give the same tokens; no logits are copied into Python.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import ctypes
-import importlib
-import importlib.util
-import os
-import sys
-import tempfile
-import types
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+# The engine's interface; the native side lives in runtime.backend.
+from runtime.backend import (
+    EngineError,
+    _c,
+    _stderr_captured,
+    bindings,
+    ggml_library,
+    last_log_error,
+    lib_dir,
+    load_openmp,
+    set_verbose,
+    start_backend,
+)
 from runtime.weights import ModelSource
 
+__all__ = [
+    "EngineError",
+    "Model",
+    "Sampling",
+    "bindings",
+    "ggml_library",
+    "last_log_error",
+    "lib_dir",
+    "load_openmp",
+    "set_verbose",
+    "start_backend",
+]
 LAST_N_PENALTY = 64  # llama-cpp-python's last_n_tokens_size
-
-
-class EngineError(Exception):
-    """The engine could not load or run a model."""
 
 
 @dataclass(frozen=True)
@@ -44,128 +53,6 @@ class Sampling:
     repeat_penalty: float = 1.0
     seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
     grammar: Optional[str] = None  # GBNF; the output must match it
-
-
-_log_lines: deque[str] = deque(maxlen=40)
-_log_verbose = False
-_log_callback: Any = None  # keeps the ctypes callback alive for as long as llama.cpp holds it
-_abort_callback: Any = None
-
-
-def bindings() -> Any:
-    """`llama_cpp.llama_cpp` (the ctypes bindings), imported without the package's __init__."""
-    module = sys.modules.get("llama_cpp.llama_cpp")
-    if module is not None:
-        return module
-    if "llama_cpp" not in sys.modules:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is None or not spec.submodule_search_locations:
-            raise EngineError("llama-cpp-python is not installed")
-        package = types.ModuleType("llama_cpp")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__spec__ = spec
-        package.__file__ = spec.origin
-        sys.modules["llama_cpp"] = package
-    try:
-        return importlib.import_module("llama_cpp.llama_cpp")
-    except (OSError, RuntimeError, FileNotFoundError) as exc:
-        raise EngineError(f"cannot load llama.cpp's shared library ({exc})") from None
-
-
-def lib_dir() -> Path:
-    """The directory holding libllama and libggml."""
-    return Path(bindings().__file__).parent / "lib"
-
-
-def set_verbose(verbose: bool) -> None:
-    """Route llama.cpp's and ggml's log to stderr (verbose) or to a short memory for errors."""
-    global _log_verbose, _log_callback
-    _log_verbose = verbose
-    if _log_callback is not None:
-        return
-    C = bindings()
-
-    def on_log(level: int, text: bytes, user_data: Any) -> None:
-        line = text.decode("utf-8", "replace") if text else ""
-        _log_lines.append(line)
-        if _log_verbose:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-
-    _log_callback = C.llama_log_callback(on_log)
-    C.llama_log_set(_log_callback, ctypes.c_void_p())
-    _turn_aborts_into_errors()
-
-
-def _turn_aborts_into_errors() -> None:
-    """A failed GGML_ASSERT (a damaged model, say) ends in one line on stderr, not a C backtrace."""
-    global _abort_callback
-    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # std::terminate's handler would run gdb
-    base = lib_dir() / "libggml-base.so.0"
-    if not base.exists():
-        return
-    lib = ctypes.CDLL(str(base))
-    callback_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
-
-    def on_abort(message: bytes) -> None:
-        text = message.decode("utf-8", "replace") if message else "unknown error"
-        where, _, what = text.partition(": ")
-        sys.stdout.flush()
-        sys.stderr.write(
-            f"Error: llama.cpp stopped on a failed check ({what or text} at "
-            f"{os.path.basename(where)}); the model file may be damaged or unsupported\n"
-        )
-        sys.stderr.flush()
-        os._exit(1)
-
-    _abort_callback = callback_type(on_abort)
-    lib.ggml_set_abort_callback.restype = ctypes.c_void_p
-    lib.ggml_set_abort_callback.argtypes = [callback_type]
-    lib.ggml_set_abort_callback(_abort_callback)
-
-
-def last_log_error() -> str:
-    """The last error-looking line llama.cpp logged, for messages."""
-    for line in reversed(_log_lines):
-        text = line.strip()
-        if text and ("error" in text.lower() or "failed" in text.lower()):
-            return text
-    return ""
-
-
-_libc: Optional[ctypes.CDLL] = None
-
-
-def _c() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.fopen.restype = ctypes.c_void_p
-        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-        libc.fseeko.restype = ctypes.c_int
-        libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-        libc.fclose.restype = ctypes.c_int
-        libc.fclose.argtypes = [ctypes.c_void_p]
-        _libc = libc
-    return _libc
-
-
-@contextlib.contextmanager
-def _stderr_captured() -> Iterator[Callable[[], list[str]]]:
-    """Catch what C code writes straight to file descriptor 2 while the block runs."""
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lambda: lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", "replace")
-            lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 class Model:
@@ -462,40 +349,3 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def load_openmp(system_name: str = "libgomp.so.1") -> str:
-    """Make libgomp.so.1 (which the CPU variants need) loadable: the system's when it has one,
-    else the copy in the bundle. Returns which was used."""
-    try:
-        ctypes.CDLL(system_name, mode=ctypes.RTLD_GLOBAL)
-        return "system"
-    except OSError:
-        pass
-    bundled = lib_dir() / "libgomp.so.1"
-    if not bundled.exists():
-        raise EngineError("this machine has no libgomp.so.1 (OpenMP), which llama.cpp needs")
-    ctypes.CDLL(str(bundled), mode=ctypes.RTLD_GLOBAL)
-    return "bundled"
-
-
-def start_backend(variant_path: Optional[Path]) -> None:
-    """Register the CPU backend variant with the libggml that libllama links to, then init."""
-    C = bindings()
-    if variant_path is not None:
-        load_openmp()
-        ggml = ctypes.CDLL(str(ggml_library()))
-        ggml.ggml_backend_load.restype = ctypes.c_void_p
-        ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
-        if not ggml.ggml_backend_load(str(variant_path).encode()):
-            raise EngineError(f"cannot load the CPU backend {variant_path.name}")
-    C.llama_backend_init()
-
-
-def ggml_library() -> Path:
-    """The libggml file that libllama resolves, under the name it resolves it by."""
-    for name in ("libggml.so.0", "libggml.so"):
-        path = lib_dir() / name
-        if path.exists():
-            return path
-    raise EngineError(f"no libggml in {lib_dir()}")
