@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +12,7 @@ import click
 
 from runtime import settings
 from runtime.boot import archive
+from runtime.options import Options
 
 
 def _prog_name() -> str:
@@ -183,20 +183,20 @@ def _read_prompt(prompt: Optional[str]) -> str:
 )
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
-    from runtime import cpu, engine, grammar, rpc, templates, weights
+    from runtime import cpu, engine, grammar, modes, rpc, templates, weights
     from runtime.listen import PortError
 
     opts = Options(**kw)
     try:
         if opts.clean_cache:
-            _clean_cache()
+            modes.clean_cache()
             return
         if opts.rpc_worker:
-            _rpc_worker(opts)
+            modes.rpc_worker(opts)
             return
         endpoints = rpc.parse_endpoints(opts.rpc_workers) if opts.rpc_workers else []
         if opts.system_info:
-            _print_system_info(cpu.choose(opts.cpu_variant, fresh=True), endpoints)
+            modes.print_system_info(cpu.choose(opts.cpu_variant, fresh=True), endpoints)
             return
         if opts.chat and opts.prompt is not None:
             raise click.UsageError("give either --chat or -p, not both")
@@ -215,8 +215,8 @@ def main(**kw: Any) -> None:
                 "so -ngl changes nothing",
                 err=True,
             )
-        grammar_text = _grammar(opts)
-        sock = _bind(opts) if opts.server else None
+        grammar_text = modes.grammar_for(opts)
+        sock = modes.bind(opts) if opts.server else None
         chatting = not opts.server and (opts.chat or (opts.prompt is None and sys.stdin.isatty()))
         text = "" if chatting or opts.server else _read_prompt(opts.prompt)
         engine.set_verbose(opts.verbose)
@@ -224,7 +224,7 @@ def main(**kw: Any) -> None:
         if opts.verbose:
             click.echo(f"cpu variant: {choice.variant} ({choice.reason})", err=True)
         engine.start_backend(choice.path)
-        offload = _offload(opts, source, endpoints) if endpoints else None
+        offload = modes.offload(opts, source, endpoints) if endpoints else None
         with engine.Model(
             source,
             n_ctx=opts.ctx_size,
@@ -236,13 +236,13 @@ def main(**kw: Any) -> None:
             offload=offload,
         ) as llm:
             if opts.server:
-                _serve(llm, source, opts, grammar_text, sock)
+                modes.serve(llm, source, opts, grammar_text, sock)
             elif opts.embedding:
                 click.echo(json.dumps(llm.embed(text)))
             elif chatting:
-                _chat(llm, opts, grammar_text)
+                modes.chat(llm, opts, grammar_text)
             else:
-                _complete(llm, text, opts, grammar_text)
+                modes.complete(llm, text, opts, grammar_text)
     except (
         weights.WeightsError,
         engine.EngineError,
@@ -257,232 +257,6 @@ def main(**kw: Any) -> None:
         if sys.stdout.isatty():
             sys.stdout.write("\n")
         sys.exit(130)
-
-
-@dataclass
-class Options:
-    """Every flag of the runtime command, after click has parsed them."""
-
-    prompt: Optional[str]
-    model: Optional[str]
-    n_predict: int
-    ctx_size: int
-    threads: Optional[int]
-    temp: float
-    top_k: int
-    top_p: float
-    min_p: float
-    repeat_penalty: float
-    seed: int
-    chat: bool
-    cli: bool
-    stop: tuple[str, ...]
-    n_gpu_layers: int
-    rpc_workers: Optional[str]
-    tensor_split: Optional[str]
-    rpc_local: bool
-    rpc_worker: Optional[str]
-    mlock: bool
-    no_mmap: bool
-    server: bool
-    host: str
-    port: int
-    api_key: Optional[str]
-    nobrowser: bool
-    parallel: int
-    grammar_file: Optional[str]
-    json_schema: Optional[str]
-    embedding: bool
-    system: Optional[str]
-    chat_template: Optional[str]
-    cpu_variant: Optional[str]
-    system_info: bool
-    clean_cache: bool
-    verbose: bool
-
-    def sampling(self, grammar: Optional[str] = None) -> Any:
-        from runtime.engine import Sampling
-
-        return Sampling(
-            grammar=grammar,
-            temp=self.temp,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            min_p=self.min_p,
-            repeat_penalty=self.repeat_penalty,
-            seed=0xFFFFFFFF if self.seed < 0 else self.seed,
-        )
-
-
-def _grammar(opts: Options) -> Optional[str]:
-    from runtime import grammar
-
-    if opts.grammar_file:
-        return grammar.from_file(opts.grammar_file)
-    if opts.json_schema:
-        return grammar.from_schema_arg(opts.json_schema)
-    return None
-
-
-def _complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) -> None:
-    from runtime.stops import StopFilter
-
-    out = sys.stdout
-    stops = StopFilter(opts.stop)
-    for piece in llm.generate(llm.tokenize(text), opts.n_predict, opts.sampling(grammar_text)):
-        out.write(stops.feed(piece))
-        out.flush()
-        if stops.stopped:
-            break
-    out.write(stops.flush())
-    if out.isatty():
-        out.write("\n")
-
-
-def _chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
-    from runtime import chat, templates
-
-    fmt = templates.choose(llm, opts.chat_template, _baked_template())
-    click.echo(fmt.notice(), err=True)
-
-    def notify(message: str) -> None:
-        click.echo(message, err=True)
-
-    conversation = chat.Conversation(
-        llm, fmt, opts.sampling(grammar_text), opts.n_predict, opts.system, notify, opts.stop
-    )
-    chat.run(conversation)
-
-
-def _baked_template() -> Optional[dict[str, str]]:
-    """The chat template `pack build --chat-template` put in this file's manifest, if any."""
-    found = archive()
-    if found is None:
-        return None
-    from runtime.archive import ArchiveError, read_manifest
-
-    try:
-        value = read_manifest(found).defaults.get("chat_template")
-    except ArchiveError:
-        return None
-    return dict(value) if isinstance(value, dict) else None
-
-
-def _bind(opts: Options) -> Any:
-    from runtime import listen
-
-    return listen.bind(opts.host, opts.port)
-
-
-def _serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any) -> None:
-    import time
-
-    from runtime import server, service, templates
-
-    fmt = templates.choose(llm, opts.chat_template, _baked_template())
-    click.echo(fmt.notice(), err=True)
-    stem = Path(source.filename or source.path.name).stem
-    name = llm.meta("general.name") or stem
-    aliases = {name, stem, name.lower().replace(" ", "-")}
-    state = server.ServerState(
-        service=service.Service(llm, slots=opts.parallel),
-        model=llm,
-        fmt=fmt,
-        model_id=name,
-        aliases=aliases,
-        defaults=opts.sampling(grammar_text),
-        n_predict=opts.n_predict,
-        stops=opts.stop,
-        api_key=opts.api_key,
-        created=int(time.time()),
-    )
-    if opts.host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(
-            f"warning: listening on {opts.host}: anyone who can reach this address can use the model"
-            + ("" if opts.api_key else " (no --api-key is set)"),
-            err=True,
-        )
-    server.serve(state, sock, opts.host, open_browser=not opts.nobrowser)
-
-
-def _clean_cache() -> None:
-    from runtime import cleanup
-    from runtime.boot import cache_dir
-
-    removed, freed, left = cleanup.clean()
-    click.echo(
-        f"removed {removed} old entries ({freed / 1e6:.1f} MB) from {cache_dir()}; "
-        f"it now holds {left / 1e6:.1f} MB",
-        err=True,
-    )
-
-
-def _rpc_worker(opts: Options) -> None:
-    from runtime import rpc
-
-    endpoint = opts.rpc_worker or ""
-    if ":" not in endpoint:  # a port alone: loopback, since the protocol has no authentication
-        endpoint = f"127.0.0.1:{endpoint}"
-    rpc.worker_main([endpoint, "--threads", str(opts.threads or settings.default_threads())])
-
-
-def _offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any:
-    """How the model is split over the RPC workers (and this machine, with --rpc-local)."""
-    from runtime import rpc
-
-    devices = rpc.add_servers(endpoints)
-    weights = None
-    if opts.tensor_split:
-        try:
-            weights = [float(w) for w in opts.tensor_split.split(",")]
-        except ValueError:
-            raise rpc.RpcError(
-                f"--tensor-split {opts.tensor_split}: give numbers separated by commas"
-            ) from None
-    offload = rpc.plan_offload(
-        devices,
-        weights,
-        include_local=opts.rpc_local,
-        n_layer=rpc.layer_count(source.path, source.offset),
-    )
-    if opts.n_gpu_layers and not opts.rpc_local:
-        offload.n_gpu_layers = opts.n_gpu_layers  # llama.cpp's meaning: layers sent away
-    return offload
-
-
-def _print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]] = None) -> None:
-    from runtime import cpu, engine, rpc
-
-    assert isinstance(choice, cpu.Choice)
-    fingerprint = cpu.cpu_fingerprint().split()
-    click.echo(f"machine: {fingerprint[0] if fingerprint else '?'}")
-    wanted = (
-        "sse4_2",
-        "avx",
-        "avx2",
-        "fma",
-        "f16c",
-        "avx512f",
-        "avx512bw",
-        "avx512_vnni",
-        "avx512_bf16",
-        "avx_vnni",
-        "amx_tile",
-        "amx_int8",
-    )
-    flags = cpu.cpu_flags()
-    click.echo("cpu features: " + " ".join(f for f in wanted if f in flags))
-    click.echo(f"variants shipped: {', '.join(sorted(cpu.available())) or 'none'}")
-    for name, why in choice.tried.items():
-        click.echo(f"  {name}: {why}")
-    click.echo(f"chosen: {choice.variant} ({choice.reason})")
-    engine.set_verbose(False)
-    engine.start_backend(choice.path)
-    if endpoints:
-        rpc.add_servers(endpoints)
-    click.echo("devices:")
-    for line in rpc.devices_summary():
-        click.echo(f"  {line}")
 
 
 _argv: list[str] = []  # the arguments main() parsed, the file's defaults merged in

@@ -1,0 +1,185 @@
+"""What the runtime command does once its flags are parsed: complete, chat, serve, embed,
+be an RPC worker, show the system, clean the cache."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from runtime import settings
+from runtime.boot import archive
+from runtime.options import Options
+
+
+def grammar_for(opts: Options) -> Optional[str]:
+    from runtime import grammar
+
+    if opts.grammar_file:
+        return grammar.from_file(opts.grammar_file)
+    if opts.json_schema:
+        return grammar.from_schema_arg(opts.json_schema)
+    return None
+
+
+def complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) -> None:
+    from runtime.stops import StopFilter
+
+    out = sys.stdout
+    stops = StopFilter(opts.stop)
+    for piece in llm.generate(llm.tokenize(text), opts.n_predict, opts.sampling(grammar_text)):
+        out.write(stops.feed(piece))
+        out.flush()
+        if stops.stopped:
+            break
+    out.write(stops.flush())
+    if out.isatty():
+        out.write("\n")
+
+
+def chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
+    from runtime import chat, templates
+
+    fmt = templates.choose(llm, opts.chat_template, baked_template())
+    click.echo(fmt.notice(), err=True)
+
+    def notify(message: str) -> None:
+        click.echo(message, err=True)
+
+    conversation = chat.Conversation(
+        llm, fmt, opts.sampling(grammar_text), opts.n_predict, opts.system, notify, opts.stop
+    )
+    chat.run(conversation)
+
+
+def baked_template() -> Optional[dict[str, str]]:
+    """The chat template `pack build --chat-template` put in this file's manifest, if any."""
+    found = archive()
+    if found is None:
+        return None
+    from runtime.archive import ArchiveError, read_manifest
+
+    try:
+        value = read_manifest(found).defaults.get("chat_template")
+    except ArchiveError:
+        return None
+    return dict(value) if isinstance(value, dict) else None
+
+
+def bind(opts: Options) -> Any:
+    from runtime import listen
+
+    return listen.bind(opts.host, opts.port)
+
+
+def serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any) -> None:
+    import time
+
+    from runtime import server, service, templates
+
+    fmt = templates.choose(llm, opts.chat_template, baked_template())
+    click.echo(fmt.notice(), err=True)
+    stem = Path(source.filename or source.path.name).stem
+    name = llm.meta("general.name") or stem
+    aliases = {name, stem, name.lower().replace(" ", "-")}
+    state = server.ServerState(
+        service=service.Service(llm, slots=opts.parallel),
+        model=llm,
+        fmt=fmt,
+        model_id=name,
+        aliases=aliases,
+        defaults=opts.sampling(grammar_text),
+        n_predict=opts.n_predict,
+        stops=opts.stop,
+        api_key=opts.api_key,
+        created=int(time.time()),
+    )
+    if opts.host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"warning: listening on {opts.host}: anyone who can reach this address can use the model"
+            + ("" if opts.api_key else " (no --api-key is set)"),
+            err=True,
+        )
+    server.serve(state, sock, opts.host, open_browser=not opts.nobrowser)
+
+
+def clean_cache() -> None:
+    from runtime import cleanup
+    from runtime.boot import cache_dir
+
+    removed, freed, left = cleanup.clean()
+    click.echo(
+        f"removed {removed} old entries ({freed / 1e6:.1f} MB) from {cache_dir()}; "
+        f"it now holds {left / 1e6:.1f} MB",
+        err=True,
+    )
+
+
+def rpc_worker(opts: Options) -> None:
+    from runtime import rpc
+
+    endpoint = opts.rpc_worker or ""
+    if ":" not in endpoint:  # a port alone: loopback, since the protocol has no authentication
+        endpoint = f"127.0.0.1:{endpoint}"
+    rpc.worker_main([endpoint, "--threads", str(opts.threads or settings.default_threads())])
+
+
+def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any:
+    """How the model is split over the RPC workers (and this machine, with --rpc-local)."""
+    from runtime import rpc
+
+    devices = rpc.add_servers(endpoints)
+    weights = None
+    if opts.tensor_split:
+        try:
+            weights = [float(w) for w in opts.tensor_split.split(",")]
+        except ValueError:
+            raise rpc.RpcError(
+                f"--tensor-split {opts.tensor_split}: give numbers separated by commas"
+            ) from None
+    offload = rpc.plan_offload(
+        devices,
+        weights,
+        include_local=opts.rpc_local,
+        n_layer=rpc.layer_count(source.path, source.offset),
+    )
+    if opts.n_gpu_layers and not opts.rpc_local:
+        offload.n_gpu_layers = opts.n_gpu_layers  # llama.cpp's meaning: layers sent away
+    return offload
+
+
+def print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]] = None) -> None:
+    from runtime import cpu, engine, rpc
+
+    assert isinstance(choice, cpu.Choice)
+    fingerprint = cpu.cpu_fingerprint().split()
+    click.echo(f"machine: {fingerprint[0] if fingerprint else '?'}")
+    wanted = (
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx_vnni",
+        "amx_tile",
+        "amx_int8",
+    )
+    flags = cpu.cpu_flags()
+    click.echo("cpu features: " + " ".join(f for f in wanted if f in flags))
+    click.echo(f"variants shipped: {', '.join(sorted(cpu.available())) or 'none'}")
+    for name, why in choice.tried.items():
+        click.echo(f"  {name}: {why}")
+    click.echo(f"chosen: {choice.variant} ({choice.reason})")
+    engine.set_verbose(False)
+    engine.start_backend(choice.path)
+    if endpoints:
+        rpc.add_servers(endpoints)
+    click.echo("devices:")
+    for line in rpc.devices_summary():
+        click.echo(f"  {line}")
