@@ -37,11 +37,9 @@ def from_ollama(name: str) -> BuildInput:
 
     try:
         model = ollama.resolve(name, verify=True)
-        args, ignored = ollama.params_to_flags(model.params)
+        args, ignored = ollama.default_flags(model)
     except ollama.OllamaError as exc:
         raise PackError(str(exc)) from None
-    if model.system:
-        args += ["--system", model.system]
     stem = re.sub(r"[^\w.-]+", "-", model.ref.display)
     notes = []
     if ignored:

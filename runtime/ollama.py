@@ -479,3 +479,12 @@ def params_to_flags(params: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         elif key not in _FLAGS:
             ignored.append(key)
     return flags, ignored
+
+
+def default_flags(model: OllamaModel) -> tuple[list[str], list[str]]:
+    """The runtime flags a model's Modelfile implies (params, then its system prompt), and
+    the parameters that have no flag."""
+    flags, ignored = params_to_flags(model.params)
+    if model.system:
+        flags += ["--system", model.system]
+    return flags, ignored

@@ -101,11 +101,9 @@ def from_ollama(name: str, verify: bool = False) -> ModelSource:
 
     try:
         model = ollama.resolve(name, verify=verify)
-        flags, _ignored = ollama.params_to_flags(model.params)
+        flags, _ignored = ollama.default_flags(model)
     except ollama.OllamaError as exc:
         raise WeightsError(str(exc)) from None
-    if model.system:
-        flags += ["--system", model.system]
     s = model.source
     return ModelSource(
         path=s.path,

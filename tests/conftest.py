@@ -17,24 +17,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_smollm2  # noqa: E402
 
+from runtime import selftest_model  # noqa: E402
+
 PACK = str(Path(sys.executable).parent / "pack")
-WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "a",
-    "lazy",
-    "dog",
-    "and",
-    "then",
-    "runs",
-    "far",
-    "away",
-    "home",
-]
+WORDS = [*selftest_model.WORDS, "home"]
 
 
 def write_tiny_gguf(
