@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import time
 import types
 from collections import deque
 from collections.abc import Iterator
@@ -90,18 +91,37 @@ def _turn_aborts_into_errors() -> None:
     def on_abort(message: bytes) -> None:
         text = message.decode("utf-8", "replace") if message else "unknown error"
         where, _, what = text.partition(": ")
-        sys.stdout.flush()
-        sys.stderr.write(
-            f"Error: llama.cpp stopped on a failed check ({what or text} at "
-            f"{os.path.basename(where)}); the model file may be damaged or unsupported\n"
+        fatal(
+            f"llama.cpp stopped on a failed check ({what or text} at "
+            f"{os.path.basename(where)}); the model file may be damaged or unsupported"
         )
-        sys.stderr.flush()
-        os._exit(1)
 
     _abort_callback = callback_type(on_abort)
     lib.ggml_set_abort_callback.restype = ctypes.c_void_p
     lib.ggml_set_abort_callback.argtypes = [callback_type]
     lib.ggml_set_abort_callback(_abort_callback)
+
+
+_fatal_handlers: list[Callable[[str], bool]] = []
+
+
+def on_fatal(handler: Callable[[str], bool]) -> None:
+    """Let `handler` take a fatal stop inside llama.cpp; returning True keeps the process up."""
+    _fatal_handlers.append(handler)
+
+
+def fatal(message: str) -> None:
+    """llama.cpp is about to abort this process. A handler (the server's) may keep the rest of
+    the process serving: then this thread, which llama.cpp will not give back, just waits.
+    Otherwise: one line on stderr, exit code 1."""
+    for handler in _fatal_handlers:
+        if handler(message):
+            while True:
+                time.sleep(3600)
+    sys.stdout.flush()
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def last_log_error() -> str:

@@ -648,10 +648,10 @@ def _install_abort_message() -> None:
         if line is None and _previous_abort is not None:
             _previous_abort(raw)
             line = f"Error: llama.cpp stopped ({message})"  # the previous one did not exit
-        sys.stdout.flush()
-        sys.stderr.write((line or f"Error: llama.cpp stopped ({message})") + "\n")
-        sys.stderr.flush()
-        os._exit(1)
+        from runtime import backend
+
+        text = line or f"Error: llama.cpp stopped ({message})"
+        backend.fatal(text[len("Error: ") :] if text.startswith("Error: ") else text)
 
     _abort_callback = _ABORT(on_abort)
     previous = _ggml().ggml_set_abort_callback(ctypes.cast(_abort_callback, ctypes.c_void_p))

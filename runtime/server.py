@@ -25,7 +25,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime import grammar, templates
-from runtime.service import Busy, Job, Service
+from runtime.service import Busy, Job, Lost, Service
 
 WEB = Path(__file__).parent / "web"
 
@@ -332,6 +332,8 @@ def _submit(state: ServerState, job: Job) -> None:
         raise APIError(
             503, f"the server is busy: {exc}; try again shortly", "server_busy"
         ) from None
+    except Lost as exc:
+        raise APIError(503, f"the model cannot run: {exc}", "engine_lost") from None
 
 
 async def _next(
@@ -350,6 +352,8 @@ async def _next(
 def _raise(exc: Exception) -> None:
     from runtime.engine import EngineError
 
+    if isinstance(exc, Lost):
+        raise APIError(503, f"the model cannot run: {exc}", "engine_lost") from None
     if isinstance(exc, EngineError):
         raise APIError(400, str(exc), "invalid_request") from None
     raise exc

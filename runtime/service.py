@@ -17,6 +17,10 @@ class Busy(Exception):
     """The queue of waiting requests is full."""
 
 
+class Lost(Exception):
+    """The engine stopped for good (an RPC worker was lost, say): nothing more can run."""
+
+
 @dataclass
 class Job:
     """One request's work: a prompt to complete, or a text to embed."""
@@ -40,20 +44,47 @@ class Service:
         self.model = model
         self.slots = slots
         self._jobs: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_waiting)
+        self.lost: Optional[str] = None
+        from runtime import backend
+
+        backend.on_fatal(self._on_fatal)
         self._thread = threading.Thread(target=self._run, name="llamapyz-engine", daemon=True)
         self._thread.start()
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, Any]:
         """Slots in use, requests waiting, requests cancelled so far (for /health)."""
         s = getattr(self, "scheduler", None)
         return {
+            "lost": self.lost or "",
             "slots": self.slots,
             "busy": s.busy if s else 0,
             "waiting": self._jobs.qsize(),
             "cancelled": s.cancelled if s else 0,
         }
 
+    def _on_fatal(self, message: str) -> bool:
+        """llama.cpp is stopping on the engine's thread: fail every request, keep answering."""
+        import sys
+
+        self.lost = message
+        sys.stderr.write(f"llamapyz: the engine stopped: {message}; requests now get 503\n")
+        sys.stderr.flush()
+        scheduler = getattr(self, "scheduler", None)
+        jobs = [s.job for s in scheduler.slots if s.job is not None] if scheduler else []
+        while True:
+            try:
+                waiting = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is not None:
+                jobs.append(waiting)
+        for job in jobs:
+            job.on_event("error", Lost(message))
+        return True
+
     def submit(self, job: Job) -> None:
+        if self.lost:
+            raise Lost(self.lost)
         try:
             self._jobs.put_nowait(job)
         except queue.Full:

@@ -232,3 +232,61 @@ def test_workers_on_two_other_hosts(
         for p in procs:
             p.kill()
             p.wait()
+
+
+@pytest.mark.slow
+def test_server_survives_a_lost_worker_and_says_so(
+    smollm2_pyz: Path, workers: list[Worker]
+) -> None:
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from test_server import Server
+
+    srv = Server(smollm2_pyz, "--rpc", rpc_list(workers), "-np", "1")
+
+    def post(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(
+            srv.url + "/v1/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def health() -> dict[str, object]:
+        with urllib.request.urlopen(srv.url + "/health", timeout=30) as response:
+            return dict(json.loads(response.read()))
+
+    try:
+        model = health()["model"]
+        results: list[tuple[int, dict[str, object]]] = []
+        long = {
+            "model": model,
+            "prompt": "Once upon a time",
+            "max_tokens": 1500,
+            "temperature": 0.8,
+        }
+        thread = threading.Thread(target=lambda: results.append(post(long)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while health()["busy"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(workers[1].proc.pid, signal.SIGKILL)
+        thread.join(timeout=120)
+        status, body = results[0]
+        assert status == 503, body
+        assert f"lost the connection to the RPC worker 127.0.0.1:{workers[1].port}" in str(body)
+        later, body = post({"model": model, "prompt": "Hi", "max_tokens": 2})
+        assert later == 503 and "the model cannot run" in str(body)
+        assert "lost the connection" in str(health()["lost"])
+        assert srv.proc.poll() is None  # still serving, and saying why it cannot answer
+    finally:
+        err = srv.stop()
+    assert "the engine stopped: lost the connection to the RPC worker" in err
