@@ -86,7 +86,7 @@ class Scheduler:
         else:
             tail = slot.stops.flush() + slot.decoder.decode(b"", final=True)
             if tail:
-                job.on_event("text", tail)
+                job.emit(tail)
             job.on_event("done", {"finish_reason": reason, "completion_tokens": slot.produced})
         if slot.sampler is not None:
             self.C.llama_sampler_free(slot.sampler)
@@ -149,7 +149,7 @@ class Scheduler:
         slot.produced += 1
         text = slot.stops.feed(slot.decoder.decode(self.model.piece(token)))
         if text:
-            job.on_event("text", text)
+            job.emit(text)
         if slot.stops.stopped:
             self._finish(slot, "stop")
         elif 0 <= job.n_predict <= slot.produced or len(slot.cached) + 1 >= self.model.n_ctx:

@@ -360,18 +360,16 @@ def _raise(exc: Exception) -> None:
 
 
 async def _collect(state: ServerState, job: Job, request: Request) -> tuple[str, dict[str, Any]]:
+    job.stream = False
     events = _attach(job)
     _submit(state, job)
-    parts: list[str] = []
     try:
         while True:
             kind, value = await _next(events, job, request)
-            if kind == "text":
-                parts.append(value)
-            elif kind == "error":
+            if kind == "error":
                 _raise(value)
             elif kind == "done":
-                return "".join(parts), value
+                return "".join(job.parts), value
     finally:
         job.cancel()
 

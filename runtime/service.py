@@ -32,6 +32,16 @@ class Job:
     embed_text: Optional[str] = None
     on_event: Callable[[str, Any], None] = lambda kind, value: None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Without streaming, the text waits here for "done": no wake-up of the HTTP thread per
+    # token, which on a small machine takes a core from llama.cpp's threads.
+    stream: bool = True
+    parts: list[str] = field(default_factory=list)
+
+    def emit(self, text: str) -> None:
+        if self.stream:
+            self.on_event("text", text)
+        else:
+            self.parts.append(text)
 
     def cancel(self) -> None:
         self.cancelled.set()
