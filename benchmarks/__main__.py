@@ -8,12 +8,14 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks import rows_build, rows_start, synthetic
+from benchmarks import chart, rows_build, rows_server, rows_speed, rows_start, synthetic
 from benchmarks.context import REPO, Context, context, env_python3, fetch_script
 from benchmarks.machine import describe
+from benchmarks.peers import Peers, locate
 from benchmarks.procs import BenchError
 from benchmarks.table import Row, fmt, render
 
@@ -39,8 +41,14 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     )
     p.add_argument(
         "--prompt",
-        default=rows_start.PROMPT,
-        help=f"Prompt for the start rows. Default: {rows_start.PROMPT!r}.",
+        help=f"Prompt for the start rows (default {rows_start.PROMPT!r}), and for the generation "
+        "and server rows (default: a story opening SmolLM2 continues past 128 tokens).",
+    )
+    p.add_argument(
+        "--peers",
+        type=Path,
+        help="A build of llama-bench and llama-server made by scripts/build-peers.sh. Default: "
+        "the script's own (built first if missing; with --quick, those rows are skipped).",
     )
     p.add_argument(
         "--reps", type=int, help=f"Repetitions per row. Default: {REPS}, or 1 with --quick."
@@ -55,10 +63,41 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         p.error("--reps must be at least 1")
     if args.model is not None and not args.model.is_file():
         p.error(f"--model {args.model} is not a file")
+    if args.peers is not None and not args.peers.is_dir():
+        p.error(f"--peers {args.peers} is not a directory")
     return args
 
 
-def _header(machine: dict[str, Any], setup: rows_start.Setup, ctx: Context) -> str:
+def _peers_lines(peers: Optional[Peers], loaded: Optional[str]) -> list[str]:
+    if peers is None:
+        return ["peers: llama-bench and llama-server not built: run scripts/build-peers.sh"]
+    info = peers.info()
+    built = (
+        f"built by this run in {peers.build_s:.0f} s"
+        if peers.build_s is not None
+        else f"built {info.get('built', '(date unknown)')}"
+    )
+    only = f"libggml-cpu-{peers.variant}.so" if peers.variant else "a built-in CPU backend"
+    return [
+        f"peers: llama-bench and llama-server from {info.get('source', 'llama.cpp')}, "
+        f"{built}, in {peers.root}",
+        f"peers' CPU variant: {peers.variant or 'built in'} ({peers.bin.name}/ holds only {only}; "
+        f"llama-bench's log says it loaded {loaded or '(it did not say)'})",
+        f"speed rows: medians of up to {rows_speed.MAX_RUNS} runs per side, each the mean of "
+        f"{rows_speed.BENCH_REPS} timed passes after a warm-up (llama-bench -r "
+        f"{rows_speed.BENCH_REPS}); server rows: up to {rows_server.MAX_RUNS} requests per side, "
+        f"max_tokens {rows_server.N_TOKENS}, temperature 0, llama-server -np "
+        f"{rows_server.PEER_SLOTS} -c {rows_server.PEER_CTX}",
+    ]
+
+
+def _header(
+    machine: dict[str, Any],
+    setup: rows_start.Setup,
+    ctx: Context,
+    peers: Optional[Peers],
+    loaded: Optional[str],
+) -> str:
     cores = machine["cpus"]
     usable = machine["cpus_usable"]
     return "\n".join(
@@ -79,6 +118,7 @@ def _header(machine: dict[str, Any], setup: rows_start.Setup, ctx: Context) -> s
             f"synthetic GGUFs: random F16/F32 tensors and a {synthetic.N_VOCAB}-token vocabulary; "
             "peak RSS from wait4, spawned by a small helper whose own size is the floor "
             "(cp's value shows it)",
+            *_peers_lines(peers, loaded),
         ]
     )
 
@@ -94,14 +134,27 @@ def _json_path(given: Optional[Path], started: float) -> Path:
     return REPO / "bench-results" / f"bench-{stamp}.json"
 
 
-def measure(args: argparse.Namespace, ctx: Context) -> tuple[list[Row], rows_start.Setup]:
+@dataclass
+class Measured:
+    rows: list[Row]
+    setup: rows_start.Setup
+    peers: Optional[Peers]
+    loaded: Optional[str]  # the CPU backend file llama-bench said it loaded
+
+
+def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     """Every row, in table order."""
     sizes = QUICK_SIZES if args.quick else SIZES + ([BIG] if args.big else [])
     model = args.model or _default_model()
-    setup = rows_start.prepare(ctx, model, args.prompt)
+    setup = rows_start.prepare(ctx, model, args.prompt or rows_start.PROMPT)
+    # A full run builds the peers first (10-20 minutes, once); a quick one never waits for that.
+    peers = locate(ctx, setup.variant, build=not args.quick, given=args.peers)
+    loaded = rows_speed.check_variant(ctx, peers, setup) if peers else None
     rows = rows_build.build_rows(ctx, sizes)
     rows += rows_start.start_rows(ctx, setup)
-    return rows, setup
+    rows += rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
+    rows += rows_server.server_rows(ctx, setup, peers, args.prompt or "")
+    return Measured(rows, setup, peers, loaded)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -113,12 +166,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         # A quick run is a smoke test, not a measurement: it waits little for an idle machine.
         with context(reps, idle_budget_s=5.0 if args.quick else IDLE_BUDGET_S) as ctx:
-            rows, setup = measure(args, ctx)
+            measured = measure(args, ctx)
+            rows, setup = measured.rows, measured.setup
             # Other work on a small machine shows up here, and in the samples' spread.
             machine["load_end"] = os.getloadavg()[0]
             machine["waited_for_idle_s"] = ctx.gate.waited_s
             machine["reps_started_busy"] = ctx.gate.busy_starts
-            header = _header(machine, setup, ctx)
+            header = _header(machine, setup, ctx, measured.peers, measured.loaded)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
@@ -131,6 +185,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(render(rows))
     path = _json_path(args.json, started)
     path.parent.mkdir(parents=True, exist_ok=True)
+    png = path.with_suffix(".png")
+    not_drawn = chart.build_scaling(rows, png)
+    if not_drawn:
+        print(f"bench: no chart: {not_drawn}", file=sys.stderr)
+    peers = measured.peers
     result = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": duration,
@@ -141,13 +200,26 @@ def main(argv: Optional[list[str]] = None) -> int:
             "reps": reps,
             "prompt": args.prompt,
             "model": str(setup.model),
+            "peers": str(args.peers) if args.peers else None,
         },
+        "peers": None
+        if peers is None
+        else {
+            "dir": str(peers.root),
+            "bin": str(peers.bin),
+            "variant": peers.variant,
+            "loaded_cpu_backend": measured.loaded,
+            "built_by_this_run_s": peers.build_s,
+            "build_info": peers.info(),
+        },
+        "chart": None if not_drawn else str(png),
         "machine": machine,
         "notes": header.splitlines(),
         "rows": [r.to_json() for r in rows],
     }
     path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path} ({duration:.0f} s)", file=sys.stderr)
+    drawn = "" if not_drawn else f" and {png}"
+    print(f"wrote {path}{drawn} ({duration:.0f} s)", file=sys.stderr)
     return 0
 
 

@@ -9,13 +9,20 @@ from typing import Any, Callable, Optional
 from benchmarks.procs import median
 
 MB = 1_000_000
-OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt}
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+}
 HEADER = ("row", "llamapyz", "peer", "ratio", "goal", "met?")
 
 
 @dataclass(frozen=True)
 class Goal:
-    """`ratio <= 1.2` (llamapyz over peer), or an absolute bound such as `< 60 MB`."""
+    """`ratio <= 1.2` (llamapyz over peer), or an absolute bound such as `< 60 MB`.
+
+    For a rate (tok/s) the ratio is still llamapyz over peer, so its goal reads `ratio >= 0.97`.
+    """
 
     op: str
     value: float
@@ -37,16 +44,17 @@ class Row:
 
     key: str  # stable name for the JSON
     name: str
-    unit: str  # "s" or "bytes"
+    unit: str  # "s", "bytes" or "tok/s"
     ours: list[float]
     goal: Goal
     peer_name: str = ""
     peer: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: Optional[str] = None  # why the row was not measured (its samples are empty)
 
     @property
-    def ours_median(self) -> float:
-        return median(self.ours)
+    def ours_median(self) -> Optional[float]:
+        return median(self.ours) if self.ours else None
 
     @property
     def peer_median(self) -> Optional[float]:
@@ -54,8 +62,8 @@ class Row:
 
     @property
     def ratio(self) -> Optional[float]:
-        peer = self.peer_median
-        return self.ours_median / peer if peer else None
+        ours, peer = self.ours_median, self.peer_median
+        return ours / peer if peer and ours is not None else None
 
     @property
     def paired_ratio(self) -> Optional[float]:
@@ -65,8 +73,10 @@ class Row:
         return median([a / b for a, b in zip(self.ours, self.peer) if b])
 
     @property
-    def met(self) -> bool:
-        return self.goal.met(self.ours_median, self.ratio)
+    def met(self) -> Optional[bool]:
+        """None for a skipped row."""
+        ours = self.ours_median
+        return None if ours is None else self.goal.met(ours, self.ratio)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,10 +94,14 @@ class Row:
                 "text": self.goal.text(self.unit),
             },
             "met": self.met,
+            "skipped": self.skipped,
             "extra": self.extra,
         }
 
     def cells(self) -> tuple[str, ...]:
+        ours = self.ours_median
+        if self.skipped or ours is None:
+            return (self.name, "-", "-", "-", self.goal.text(self.unit), self.skipped or "skipped")
         peer = self.peer_median
         peer_text = "-" if peer is None else fmt(peer, self.unit)
         if peer is not None and self.peer_name:
@@ -96,7 +110,7 @@ class Row:
         ratio = self.ratio if self.goal.on_ratio else None
         return (
             self.name,
-            fmt(self.ours_median, self.unit),
+            fmt(ours, self.unit),
             peer_text,
             "-" if ratio is None else f"{ratio:.3g}x",
             self.goal.text(self.unit),
@@ -105,7 +119,7 @@ class Row:
 
 
 def fmt(value: float, unit: str) -> str:
-    """Seconds with three significant digits, sizes in MB (10^6 bytes)."""
+    """Seconds and rates with three significant digits, sizes in MB (10^6 bytes)."""
     if unit == "bytes":
         mb = value / MB
         return f"{mb:.3g} MB" if mb < 1000 else f"{mb / 1000:.3g} GB"
