@@ -250,7 +250,7 @@ def _write(files: list[tuple[str, Path]], target: Path) -> str:
                 shiv_version=metadata.version("shiv"),
                 build_id=contents.hexdigest(),
                 entry_point=ENTRY_POINT,
-                compile_pyc=True,
+                compile_pyc=False,  # Python writes the .pyc of what it imports; compiling all of it first doubles the first start
             )
             put("environment.json", env.to_json().encode())
             put("__main__.py", MAIN_PY.encode())
