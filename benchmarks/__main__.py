@@ -6,13 +6,22 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks import chart, rows_build, rows_server, rows_speed, rows_start, synthetic
+from benchmarks import (
+    chart,
+    rows_build,
+    rows_rpc,
+    rows_server,
+    rows_speed,
+    rows_start,
+    synthetic,
+)
 from benchmarks.context import REPO, Context, context, env_python3, fetch_script
 from benchmarks.machine import describe
 from benchmarks.peers import Peers, locate
@@ -86,8 +95,10 @@ def _peers_lines(peers: Optional[Peers], loaded: Optional[str]) -> list[str]:
         f"speed rows: medians of up to {rows_speed.MAX_RUNS} runs per side, each the mean of "
         f"{rows_speed.BENCH_REPS} timed passes after a warm-up (llama-bench -r "
         f"{rows_speed.BENCH_REPS}); server rows: up to {rows_server.MAX_RUNS} requests per side, "
-        f"max_tokens {rows_server.N_TOKENS}, temperature 0, llama-server -np "
-        f"{rows_server.PEER_SLOTS} -c {rows_server.PEER_CTX}",
+        f"max_tokens {rows_server.N_TOKENS}, temperature 0, llamapyz --parallel "
+        f"{rows_server.PEER_SLOTS} (its own -c), llama-server -np {rows_server.PEER_SLOTS} -c "
+        f"{rows_server.PEER_CTX}; a run that got under {rows_speed.STARVED:.0%} of the CPUs "
+        "is redone (at most twice)",
     ]
 
 
@@ -154,11 +165,27 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     rows += rows_start.start_rows(ctx, setup)
     rows += rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
     rows += rows_server.server_rows(ctx, setup, peers, args.prompt or "")
+    ctx.log("RPC rows: the model split over 1, 2 and 3 workers on 127.0.0.1 ...")
+    rows += rows_rpc.rpc_rows(
+        setup.model,
+        setup.pyz,
+        setup.threads,
+        min(ctx.reps, 5),
+        counts=[1] if args.quick else None,
+        env=ctx.env,
+        prompt=args.prompt or "",
+    )
     return Measured(rows, setup, peers, loaded)
+
+
+def _exit_on_term(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: servers stopped, scratch directory removed."""
+    sys.exit(128 + signum)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
+    signal.signal(signal.SIGTERM, _exit_on_term)
     started = time.time()
     reps = args.reps or (1 if args.quick else REPS)
     machine = describe()

@@ -31,6 +31,7 @@ ROW_KEYS = [
     "speed_tg128",
     "server_1_client",
     "server_4_clients",
+    "rpc_tg_1_workers",
 ]
 PEER_ROWS = {"speed_pp512", "speed_tg128", "server_1_client", "server_4_clients"}
 NOT_BUILT = "skipped: run scripts/build-peers.sh (or make bench) first"
