@@ -119,7 +119,9 @@ class Model:
         cparams.n_ubatch = min(n_batch, n_ctx)
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
-        cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # llama.cpp's own default (on for the CPU): faster prompts, and with several requests
+        # sharing the memory it skips the cells another request holds.
+        cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
         if n_seq_max > 1:  # several requests share one memory, each may use all of it
             cparams.n_seq_max = n_seq_max
             cparams.kv_unified = True

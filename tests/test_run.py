@@ -152,7 +152,9 @@ PLAIN = textwrap.dedent(
     ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
     variant = lib.parent.parent / "bin" / f"libggml-cpu-{sys.argv[2]}.so"
     assert ggml.ggml_backend_load(str(variant).encode())
-    llm = llama_cpp.Llama(sys.argv[1], n_ctx=4096, n_batch=512, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(
+        sys.argv[1], n_ctx=4096, n_batch=512, n_threads=2, flash_attn=True, verbose=False
+    )
     out = llm.create_completion(
         sys.argv[3], max_tokens=int(sys.argv[4]), temperature=float(sys.argv[5]),
         seed=int(sys.argv[6]), top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
