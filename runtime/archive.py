@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +198,3 @@ def write_padding(out: BinaryIO, upto: int) -> None:
     if gap < 0:
         raise ValueError("padding target lies behind the write position")
     out.write(bytes(gap))
-
-
-def file_size(fh: BinaryIO) -> int:
-    return os.fstat(fh.fileno()).st_size

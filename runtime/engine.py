@@ -137,7 +137,6 @@ class Model:
         self.n_ctx = int(C.llama_n_ctx(self._ctx))
         self.n_batch = int(cparams.n_batch)
         self._cached: list[int] = []  # the tokens the context's memory holds, in order
-        self.stopped_by_context = False
         self.produced = 0  # tokens the last generate() made
         self.finish_reason = "stop"  # why it ended: "stop" (end of text) or "length"
         self._n_threads = n_threads
@@ -275,7 +274,6 @@ class Model:
             token_arr = (C.llama_token * 1)()
             while n_predict < 0 or self.produced < n_predict:
                 if len(self._cached) >= self.n_ctx:
-                    self.stopped_by_context = True
                     break
                 token = int(C.llama_sampler_sample(sampler, self._ctx, -1))
                 if C.llama_vocab_is_eog(self._vocab, token):
