@@ -111,10 +111,7 @@ def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
         if (target / "site-packages").exists():  # another copy extracted it meanwhile
             return target
         try:
-            for info in zf.infolist():
-                if _wanted(info.filename):
-                    extracted = zf.extract(info, tmp)
-                    os.chmod(extracted, (info.external_attr >> 16) & 0o777 or 0o644)
+            _extract_members(zf, [i for i in zf.infolist() if _wanted(i.filename)], tmp)
             if env.compile_pyc:
                 compileall.compile_dir(str(tmp), quiet=2, workers=env.compile_workers)
             shutil.move(str(tmp), str(target))
@@ -122,6 +119,46 @@ def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     _drop_older(target)
     return target
+
+
+def _extract_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], root: Path) -> None:
+    """Write `members` under `root`, on a few threads: zlib and the file system both let go
+    of the GIL, and most of a first start is spent here."""
+    import threading
+
+    for name in {os.path.dirname(m.filename) for m in members}:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise OSError(f"unsafe path in the archive: {name}")
+        os.makedirs(root / name, exist_ok=True)
+    queue = sorted(members, key=lambda m: m.file_size)  # largest first, popped from the end
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        while queue and not failed:
+            try:
+                member = queue.pop()
+            except IndexError:
+                return
+            try:
+                data = memoryview(zf.read(member))
+                mode = (member.external_attr >> 16) & 0o777 or 0o644
+                fd = os.open(root / member.filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+                try:
+                    while data:
+                        data = data[os.write(fd, data) :]
+                finally:
+                    os.close(fd)
+            except BaseException as exc:  # raised again below, on the calling thread
+                failed.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(min(4, os.cpu_count() or 1) - 1)]
+    for thread in threads:
+        thread.start()
+    work()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _drop_older(current: Path) -> None:

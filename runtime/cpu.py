@@ -9,6 +9,7 @@ one that answers is used, and the choice is remembered in the cache.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fcntl
 import hashlib
 import json
@@ -125,7 +126,53 @@ def _scores(variants: dict[str, Path]) -> dict[str, int]:
     return {name: score(path) for name, path in variants.items()}
 
 
+def _single_threaded() -> bool:
+    """True when this process has one OS thread (OpenMP's included): then fork is safe."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
 def _probe(path: Path, model: Path) -> tuple[bool, str]:
+    """Run the self-test on one variant in a child: a fork of this process when that is safe
+    (no new interpreter to start and nothing to import again), else a new Python."""
+    if hasattr(os, "fork") and _single_threaded():
+        return _probe_forked(path, model)
+    return _probe_spawned(path, model)
+
+
+def _probe_forked(path: Path, model: Path) -> tuple[bool, str]:
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 3
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            faulthandler.disable()  # a crash here is the answer, not a bug to report
+            signal.alarm(PROBE_TIMEOUT)
+            code = _self_test(path, model)
+        except BaseException as exc:  # anything at all: the parent reads it as the reason
+            os.write(2, f"{type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        text = fh.read().decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        if signum == signal.SIGALRM:
+            return False, f"did not answer in {PROBE_TIMEOUT} s"
+        return False, f"died with {_signal_name(-signum)}"
+    return _verdict(os.WEXITSTATUS(status), text)
+
+
+def _probe_spawned(path: Path, model: Path) -> tuple[bool, str]:
     try:
         out = subprocess.run(
             [sys.executable, "-s", "-c", PROBE_CODE, _site_dir(), str(path), str(model)],
@@ -135,12 +182,16 @@ def _probe(path: Path, model: Path) -> tuple[bool, str]:
         )
     except subprocess.TimeoutExpired:
         return False, f"did not answer in {PROBE_TIMEOUT} s"
-    if out.returncode == 0 and out.stdout.strip() == "ok":
-        return True, "ran the self-test"
     if out.returncode < 0:
         return False, f"died with {_signal_name(out.returncode)}"
-    lines = (out.stdout + out.stderr).strip().splitlines()
-    return False, lines[-1] if lines else f"exited with code {out.returncode}"
+    return _verdict(out.returncode, out.stdout + out.stderr)
+
+
+def _verdict(code: int, text: str) -> tuple[bool, str]:
+    lines = text.strip().splitlines()
+    if code == 0 and lines and lines[-1] == "ok":
+        return True, "ran the self-test"
+    return False, lines[-1] if lines else f"exited with code {code}"
 
 
 def _key(variants: dict[str, Path]) -> str:
@@ -264,20 +315,24 @@ def _probe_all(key: str, variants: dict[str, Path]) -> Choice:
 
 
 def probe_main(args: list[str]) -> None:
-    """Child: load one variant and run the self-test model; print ok."""
-    import runtime.engine as engine
+    """A new Python's entry point: the self-test of one variant."""
+    sys.exit(_self_test(Path(args[0]), Path(args[1])))
 
-    variant, model = Path(args[0]), Path(args[1])
+
+def _self_test(variant: Path, model: Path) -> int:
+    """In the child: load one variant and run the self-test model; write ok to fd 1."""
+    import runtime.engine as engine
+    from runtime.weights import ModelSource
+
     engine.set_verbose(False)
     try:
         engine.start_backend(variant)
-        from runtime.weights import ModelSource
-
         source = ModelSource(model, 0, model.stat().st_size, str(model))
         with engine.Model(source, n_ctx=64, n_batch=32, n_threads=min(2, os.cpu_count() or 1)) as m:
             prompt = m.tokenize("the quick brown fox jumps over the lazy dog")
             text = "".join(m.generate(prompt, 4, engine.Sampling(temp=0.0)))
     except engine.EngineError as exc:
-        print(exc)
-        sys.exit(3)
-    print("ok" if isinstance(text, str) else "no text")
+        os.write(1, f"{exc}\n".encode())
+        return 3
+    os.write(1, b"ok\n" if isinstance(text, str) else b"no text\n")
+    return 0
