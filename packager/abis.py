@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import zipfile
-from importlib import metadata
 from pathlib import Path
 
 from packager.errors import PackError
@@ -36,17 +35,6 @@ def parse_versions(text: str) -> list[str]:
 
 def own_version() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-def compiled(files: list[tuple[str, Path]]) -> dict[str, str]:
-    """Distribution name -> version, for the bundled distributions with ABI-tagged modules."""
-    found: dict[str, str] = {}
-    for arc, _src in files:
-        if EXT.search(arc):
-            top = arc.split("/")[0]
-            for dist in metadata.packages_distributions().get(top, []):
-                found[dist] = metadata.version(dist)
-    return found
 
 
 def _wheel(cache: Path, dist: str, version: str, python: str) -> Path:
@@ -72,12 +60,12 @@ def _wheel(cache: Path, dist: str, version: str, python: str) -> Path:
 
 
 def extension_files(
-    cache: Path, files: list[tuple[str, Path]], pythons: list[str]
+    cache: Path, compiled: dict[str, str], pythons: list[str]
 ) -> list[tuple[str, Path]]:
-    """(path under site-packages, file) for the other ABIs' extension modules, extracted
-    from their wheels into the build cache."""
+    """(path under site-packages, file) for the other ABIs' extension modules of the
+    `compiled` distributions (name -> version), extracted from their wheels into the cache."""
     extra: list[tuple[str, Path]] = []
-    for dist, version in sorted(compiled(files).items()):
+    for dist, version in sorted(compiled.items()):
         for python in pythons:
             if python == own_version():
                 continue

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
 
-from packager import runtime_zip
+from packager import memo, runtime_zip
 from packager.errors import PackError
-from packager.gguf_facts import read_facts
+from packager.gguf_facts import check_magic, read_facts
 from runtime.archive import (
     ALIGNMENT,
     CHUNK,
@@ -185,6 +185,31 @@ def _copy_and_hash(src: Path, dst: BinaryIO, size: int, progress: Callable[[int]
     return str(result["sha256"])
 
 
+@dataclass(frozen=True)
+class Expected:
+    """The sha256 the weights must have (an Ollama blob's name), and what to say if not."""
+
+    sha256: str
+    what: str  # "the model layer of ollama:x:latest (/path/to/blob)"
+    remedy: str  # "fetch it again with `ollama pull x`"
+
+    def check(self, actual: str) -> None:
+        if actual != self.sha256:
+            raise PackError(
+                f"{self.what} is damaged: its sha256 is {actual}, not {self.sha256}; {self.remedy}"
+            )
+
+
+def _facts(model: Path, expected: Optional[Expected]) -> dict[str, Any]:
+    """The header's facts; for a file with a known digest, a damaged copy is named as such."""
+    try:
+        return read_facts(model)
+    except PackError:
+        if expected is not None:
+            expected.check(hash_range(model, 0, model.stat().st_size))
+        raise
+
+
 def _check_output(model: Optional[Path], output: Path) -> None:
     if output.exists() and output.is_dir():
         raise PackError(f"{output} is a directory: give a file name with -o")
@@ -213,12 +238,31 @@ def build_pyz(
     model_extra: Optional[dict[str, Any]] = None,
     pythons: Optional[list[str]] = None,
     cache: Optional[Path] = None,
+    expected: Optional[Expected] = None,
 ) -> BuildResult:
-    """Write `output`: the runtime, plus `model`'s weights unless `model` is None."""
+    """Write `output`: the runtime, plus `model`'s weights unless `model` is None.
+
+    The weights' sha256 is computed while they are copied, unless an earlier build of the
+    same, unchanged file remembered it (`packager.memo`); `expected` is checked against it."""
     _check_output(model, output)
-    facts: dict[str, Any] = read_facts(model) if model is not None else {}
+    cache = cache or cache_dir()
+    known: Optional[dict[str, Any]] = None
+    before: Optional[os.stat_result] = None
+    facts: dict[str, Any] = {}
+    learned: dict[str, Any] = {}
+    if model is not None:
+        check_magic(model)  # a missing file, a folder, not a GGUF: said plainly
+        try:
+            before = model.stat()
+        except OSError as exc:
+            raise PackError(f"cannot read {model}: {exc.strerror}") from None
+        known = memo.recall(cache, before)
+        if known is not None and expected is not None:
+            expected.check(known["sha256"])
+        facts = dict(known["facts"]) if known else _facts(model, expected)
+        learned = dict(facts)
     facts.update(model_extra or {})
-    rz = runtime_zip.build(cache or cache_dir(), pythons)
+    rz = runtime_zip.build(cache, pythons)
     build_info = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
@@ -242,7 +286,13 @@ def build_pyz(
                 write_padding(out, offset)
                 size = int(facts.pop("file_size"))
                 progress = _Progress(f"writing {output.name}", size)
-                sha = _copy_and_hash(model, out, size, progress)
+                if known is not None:
+                    _copy(model, out, size, progress)
+                    sha = str(known["sha256"])
+                else:
+                    sha = _copy_and_hash(model, out, size, progress)
+                    if expected is not None:
+                        expected.check(sha)
                 weights = Weights(
                     offset=offset, size=size, sha256=sha, filename=filename or model.name
                 )
@@ -270,6 +320,8 @@ def build_pyz(
         mode = 0o777 & ~_umask()
         os.chmod(tmp, mode)
         os.replace(tmp, output)
+        if model is not None and before is not None and known is None and weights is not None:
+            memo.remember(cache, model, before, weights.sha256, learned)
     except (KeyboardInterrupt, _Interrupted):
         tmp.unlink(missing_ok=True)
         raise PackError(f"interrupted: {output} was not written") from None

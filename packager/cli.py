@@ -96,6 +96,7 @@ def build(
             filename=source.filename if source else None,
             model_extra=source.model_extra if source else None,
             pythons=versions,
+            expected=source.expected if source else None,
         )
     except PackError as exc:
         raise click.ClickException(str(exc)) from None

@@ -7,6 +7,8 @@ seconds and hundreds of MB on a large tokenizer.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import struct
 from collections import Counter
 from pathlib import Path
@@ -103,9 +105,27 @@ def _read_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, list[int],
     return meta, tensors, start
 
 
+@functools.cache
+def _gguf_constants() -> Any:
+    """gguf's constants module (quantization sizes, file types), loaded by itself: the gguf
+    package's `__init__` imports numpy and the whole writer, ten times the time."""
+    spec = importlib.util.find_spec("gguf")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if locations:
+        file = Path(locations[0]) / "constants.py"
+        own = importlib.util.spec_from_file_location("_llamapyz_gguf_constants", file)
+        if own is not None and own.loader is not None and file.is_file():
+            module = importlib.util.module_from_spec(own)
+            own.loader.exec_module(module)
+            return module
+    import gguf
+
+    return gguf
+
+
 def read_facts(path: Path) -> dict[str, Any]:
     """The model's facts: name, architecture, parameters, quantization, context, template, license."""
-    import gguf
+    gguf = _gguf_constants()
 
     check_magic(path)
     size = path.stat().st_size

@@ -7,6 +7,7 @@ identity of those files, so a build only appends it after the weights.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -121,6 +122,11 @@ def _normal(name: str) -> str:
 
 def bundled() -> list[str]:
     """The distributions to ship: ROOTS and what they require, as installed here."""
+    return list(_bundled())
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled() -> tuple[str, ...]:
     seen: dict[str, str] = {}
     todo = list(ROOTS)
     while todo:
@@ -140,7 +146,7 @@ def bundled() -> list[str]:
             if "extra ==" in req:
                 continue
             todo.append(re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0])
-    return sorted(seen.values(), key=_normal)
+    return tuple(sorted(seen.values(), key=_normal))
 
 
 def _openmp() -> list[tuple[str, Path]]:
@@ -157,12 +163,19 @@ def _openmp() -> list[tuple[str, Path]]:
     return [("llama_cpp/lib/libgomp.so.1", Path(p)) for p in sorted(paths)[:1]]
 
 
-def collect() -> list[tuple[str, Path]]:
-    """(path under site-packages, source file) for everything the runtime ships."""
+def collect() -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """(path under site-packages, source file) for everything the runtime ships, and the
+    distributions among them with ABI-tagged extension modules (name -> version)."""
+    from packager.abis import EXT
+
     files = _runtime_package()
+    compiled: dict[str, str] = {}
     for name in bundled():
-        files += _dist_files(name)
-    return sorted(files + _openmp())
+        own = _dist_files(name)
+        if any(EXT.search(arc) for arc, _src in own):
+            compiled[name] = metadata.version(name)
+        files += own
+    return sorted(files + _openmp()), compiled
 
 
 def _key(files: list[tuple[str, Path]]) -> str:
@@ -191,8 +204,8 @@ def build(cache: Path, pythons: Optional[list[str]] = None) -> RuntimeZip:
     from packager import abis
 
     pythons = pythons or list(abis.SUPPORTED)
-    files = collect()
-    files = sorted(files + abis.extension_files(cache, files, pythons))
+    files, compiled = collect()
+    files = sorted(files + abis.extension_files(cache, compiled, pythons))
     key = _key(files + [(f"python {v}", Path(__file__)) for v in pythons])
     target = cache / "build" / f"runtime-{key}.zip"
     info = target.with_suffix(".json")

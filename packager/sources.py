@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from packager.build import Expected
 from packager.errors import PackError
 
 OLLAMA_PREFIX = "ollama:"
@@ -22,6 +23,7 @@ class BuildInput:
     model_extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     default_output: Optional[Path] = None
+    expected: Optional[Expected] = None  # the sha256 the weights must have
 
 
 def from_spec(spec: str) -> BuildInput:
@@ -36,7 +38,7 @@ def from_ollama(name: str) -> BuildInput:
     from runtime import ollama
 
     try:
-        model = ollama.resolve(name, verify=True)
+        model = ollama.resolve(name, verify=True, verify_model=False)
         args, ignored = ollama.default_flags(model)
     except ollama.OllamaError as exc:
         raise PackError(str(exc)) from None
@@ -65,4 +67,9 @@ def from_ollama(name: str) -> BuildInput:
         model_extra=extra,
         notes=notes,
         default_output=Path(f"{stem}.pyz"),
+        expected=Expected(
+            sha256=model.digest.split(":", 1)[-1],
+            what=f"the model layer of {model.ref.spec} ({model.source.path})",
+            remedy=f"fetch it again with `ollama pull {model.ref.display}`",
+        ),
     )

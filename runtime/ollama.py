@@ -351,9 +351,14 @@ def _no_model_layer(ref: ModelRef, root: Path, layers: list[_Layer], config: Any
 
 
 def resolve(
-    name: Union[str, ModelRef], root: Optional[Path] = None, verify: bool = False
+    name: Union[str, ModelRef],
+    root: Optional[Path] = None,
+    verify: bool = False,
+    verify_model: bool = True,
 ) -> OllamaModel:
-    """The GGUF and Modelfile settings of the Ollama model `name`, checked against its manifest."""
+    """The GGUF and Modelfile settings of the Ollama model `name`, checked against its manifest;
+    with `verify`, every blob's sha256 too, except the model's when `verify_model` is False
+    (`pack build` checks that one while it copies it)."""
     from runtime.weights import ModelSource  # here, so that runtime.weights may import us
 
     ref = parse_name(name) if isinstance(name, str) else name
@@ -392,7 +397,7 @@ def resolve(
             other.append(layer.kind)
     if model_layer is None:
         raise _no_model_layer(ref, root, layers, config)
-    blob = _check_blob(ref, root, model_layer, verify)
+    blob = _check_blob(ref, root, model_layer, verify and verify_model)
     _check_gguf(blob, f"the model layer of {ref.spec}")
     source = ModelSource(path=blob, offset=0, size=model_layer.size, label=ref.spec)
 
