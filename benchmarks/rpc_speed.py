@@ -18,6 +18,7 @@ from engine_speed import GEN_PROMPT  # type: ignore[import-not-found]
 
 def main(argv: list[str]) -> None:
     from runtime import cpu, engine, rpc
+    from runtime.rpc_endpoints import parse_endpoints
     from runtime.weights import from_path
 
     model, threads, n, reps = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> None:
     source = from_path(model)
     offload = None
     if endpoints:
-        devices = rpc.add_servers(rpc.parse_endpoints(endpoints))
+        devices = rpc.add_servers(parse_endpoints(endpoints))
         offload = rpc.plan_offload(devices, n_layer=rpc.layer_count(source.path, source.offset))
     llm = engine.Model(source, n_ctx=4096, n_threads=threads, offload=offload)
     prompt = llm.tokenize(text)

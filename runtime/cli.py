@@ -183,8 +183,9 @@ def _read_prompt(prompt: Optional[str]) -> str:
 )
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
-    from runtime import cpu, engine, grammar, modes, rpc, templates, weights
+    from runtime import cpu, engine, grammar, modes, templates, weights
     from runtime.listen import PortError
+    from runtime.rpc_endpoints import RpcError, parse_endpoints
 
     opts = Options(**kw)
     try:
@@ -194,7 +195,7 @@ def main(**kw: Any) -> None:
         if opts.rpc_worker:
             modes.rpc_worker(opts)
             return
-        endpoints = rpc.parse_endpoints(opts.rpc_workers) if opts.rpc_workers else []
+        endpoints = parse_endpoints(opts.rpc_workers) if opts.rpc_workers else []
         if opts.system_info:
             modes.print_system_info(cpu.choose(opts.cpu_variant, fresh=True), endpoints)
             return
@@ -250,7 +251,7 @@ def main(**kw: Any) -> None:
         templates.TemplateError,
         grammar.GrammarError,
         PortError,
-        rpc.RpcError,
+        RpcError,
     ) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -118,17 +118,18 @@ def clean_cache() -> None:
 
 
 def rpc_worker(opts: Options) -> None:
-    from runtime import rpc
+    from runtime.rpc_worker import worker_main
 
     endpoint = opts.rpc_worker or ""
     if ":" not in endpoint:  # a port alone: loopback, since the protocol has no authentication
         endpoint = f"127.0.0.1:{endpoint}"
-    rpc.worker_main([endpoint, "--threads", str(opts.threads or settings.default_threads())])
+    worker_main([endpoint, "--threads", str(opts.threads or settings.default_threads())])
 
 
 def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any:
     """How the model is split over the RPC workers (and this machine, with --rpc-local)."""
     from runtime import rpc
+    from runtime.rpc_endpoints import RpcError
 
     devices = rpc.add_servers(endpoints)
     weights = None
@@ -136,7 +137,7 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any
         try:
             weights = [float(w) for w in opts.tensor_split.split(",")]
         except ValueError:
-            raise rpc.RpcError(
+            raise RpcError(
                 f"--tensor-split {opts.tensor_split}: give numbers separated by commas"
             ) from None
     offload = rpc.plan_offload(

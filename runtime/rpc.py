@@ -1,24 +1,16 @@
-"""llama.cpp's RPC backend: lend this machine's CPU to another llamapyz, or split a model's
-layers over such workers.
+"""llama.cpp's RPC backend, client side: split a model's layers over RPC workers.
 
-Nothing here is a protocol of our own. The worker is ggml's `ggml_backend_rpc_start_server`
-and the client side is ggml's RPC device, both from `libggml-rpc.so`, which `_rpc_reg` loads
-with `ggml_backend_load` into the libggml that libllama links to (as `engine.start_backend`
-does for the CPU variant); their functions come from `ggml_backend_reg_get_proc_address`. The
-only bytes this module sends itself are the protocol's HELLO, to check a worker before ggml
-connects to it: ggml-rpc ends the whole process (GGML_ABORT) when a worker cannot be reached.
-
-Worker, in the order the command line calls it:
-
-    rpc.check_listen(host, port)           # fail fast: RpcError("cannot listen on ...")
-    if not rpc.is_loopback(host): warn     # rpc.exposure_warning(host, port) gives the text
-    engine.set_verbose(verbose)
-    engine.start_backend(cpu.choose(...).path)
-    rpc.serve_worker(host, port, threads, cache_dir=None)   # blocks; Ctrl-C ends it
+Nothing here is a protocol of our own. The client side is ggml's RPC device, and the worker
+(`rpc_worker`) ggml's `ggml_backend_rpc_start_server`, both from `libggml-rpc.so`, which
+`_rpc_reg` loads with `ggml_backend_load` into the libggml that libllama links to (as
+`engine.start_backend` does for the CPU variant); their functions come from
+`ggml_backend_reg_get_proc_address`. Before ggml connects to a worker, `rpc_protocol` checks
+it with the protocol's HELLO: ggml-rpc ends the whole process (GGML_ABORT) when a worker
+cannot be reached.
 
 Client (`--rpc host:port,host:port`):
 
-    endpoints = rpc.parse_endpoints(text)  # RpcError for a malformed list: before anything loads
+    endpoints = rpc_endpoints.parse_endpoints(text)  # RpcError if malformed: before any load
     engine.set_verbose(verbose)            # first: installs the engine's abort callback
     engine.start_backend(cpu.choose(...).path)
     devices = rpc.add_servers(endpoints)   # checks each worker (HELLO), then registers it
@@ -34,236 +26,20 @@ Client (`--rpc host:port,host:port`):
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import math
 import os
-import re
 import socket
 import struct
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-# What this runtime's libggml-rpc speaks (ggml/include/ggml-rpc.h); tests/test_rpc.py checks
-# that a worker started from the same library says the same in its HELLO.
-PROTOCOL = (7, 0, 0)
-DEFAULT_PORT = 50052
-MAX_SERVERS = 16  # GGML_RPC_MAX_SERVERS, and llama_max_devices(): the length of tensor_split
-CHECK_TIMEOUT = 5.0
+from runtime.rpc_endpoints import MAX_SERVERS, RpcError, format_endpoint
+from runtime.rpc_protocol import CHECK_TIMEOUT, check_endpoint
 
-_CMD_HELLO = 14  # RPC_CMD_HELLO, "must be always 14" (ggml-rpc.cpp)
-_CONN_CAPS_SIZE = 24  # RPC_CONN_CAPS_SIZE (transport.h): rpc_msg_hello_req is this many bytes
-_HELLO_RSP_SIZE = 4 + _CONN_CAPS_SIZE  # major, minor, patch, padding, conn_caps
-_DEVICE_CPU = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 _DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "accelerator", 4: "meta"}
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-
-
-class RpcError(Exception):
-    """A worker cannot be reached, cannot listen, or was given badly."""
-
-
-# --------------------------------------------------------------------------- endpoints
-
-
-def format_endpoint(host: str, port: int) -> str:
-    """`host:port`, with an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    if re.fullmatch(r"[0-9.]+", host):
-        return False  # looks like an IPv4 address, but is not one (300.1.2.3, 1.2.3)
-    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
-
-
-def _parse_one(item: str, what: str) -> tuple[str, int]:
-    if item.startswith("["):
-        close = item.find("]")
-        if close < 0:
-            raise RpcError(f"{what}: {item!r} opens a bracket it does not close; write [::1]:50052")
-        host, rest = item[1:close], item[close + 1 :]
-        try:
-            if ipaddress.ip_address(host).version != 6:
-                raise ValueError
-        except ValueError:
-            raise RpcError(
-                f"{what}: {item!r} has {host!r} in brackets, which is not an IPv6 address"
-            ) from None
-        if not rest.startswith(":"):
-            raise RpcError(f"{what}: {item!r} has no port; give it as [HOST]:PORT, as [::1]:50052")
-        port_text = rest[1:]
-    else:
-        if item.count(":") > 1:
-            raise RpcError(
-                f"{what}: write the IPv6 address in {item!r} in brackets, as [::1]:50052"
-            )
-        host, colon, port_text = item.partition(":")
-        if not colon:
-            raise RpcError(
-                f"{what}: {item!r} has no port; give it as HOST:PORT (a worker's usual port is {DEFAULT_PORT})"
-            )
-        if not host:
-            raise RpcError(f"{what}: {item!r} has no host; give it as HOST:PORT")
-        if not _valid_host(host):
-            raise RpcError(f"{what}: {item!r} has a bad host {host!r}")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise RpcError(
-            f"{what}: {item!r} has a bad port {port_text!r}; a port is a number from 1 to 65535"
-        )
-    return host, int(port_text)
-
-
-def parse_endpoints(text: str, what: str = "--rpc") -> list[tuple[str, int]]:
-    """`host1:50052,host2:50052` (or `[::1]:50052`) as (host, port) pairs, in order.
-
-    Raises RpcError, one sentence that starts with `what`, for an empty list, an empty item,
-    a missing or bad port, a bad host, a worker named twice or more than 16 workers.
-    """
-    if not text.strip():
-        raise RpcError(f"{what} needs at least one worker, as HOST:PORT")
-    found: list[tuple[str, int]] = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
-            raise RpcError(f"{what}: {text!r} has an empty item; separate workers with one comma")
-        endpoint = _parse_one(item, what)
-        if endpoint in found:
-            raise RpcError(f"{what}: {format_endpoint(*endpoint)} is named twice")
-        found.append(endpoint)
-    if len(found) > MAX_SERVERS:
-        raise RpcError(f"{what} names {len(found)} workers; llama.cpp takes at most {MAX_SERVERS}")
-    return found
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
-    host = host.strip().strip("[]").lower()
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def exposure_warning(host: str, port: int) -> Optional[str]:
-    """The warning to print when a worker listens beyond this machine, else None."""
-    if is_loopback(host):
-        return None
-    return (
-        f"warning: the RPC worker on {format_endpoint(host, port)} takes commands from anyone who "
-        "can reach that address, with no password or encryption; use it only on a network you trust"
-    )
-
-
-def _ipv4_only(host: str, endpoint: str, doing: str) -> None:
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            raise RpcError(
-                f"{doing} {endpoint} (llama.cpp's RPC backend speaks IPv4 only; "
-                "use an IPv4 address or a host name)"
-            )
-    except ValueError:
-        pass
-
-
-def _ipv4_address(host: str, port: int, endpoint: str, doing: str) -> tuple[str, int]:
-    """The IPv4 socket address ggml-rpc would use for `host` (it resolves with gethostbyname)."""
-    _ipv4_only(host, endpoint, doing)
-    try:
-        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise RpcError(f"{doing} {endpoint} ({exc.strerror or 'unknown host'})") from None
-    address = infos[0][4]
-    return str(address[0]), int(address[1])
-
-
-# --------------------------------------------------------------------------- the HELLO check
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionResetError("closed")
-        data += chunk
-    return data
-
-
-def server_version(host: str, port: int, timeout: float = CHECK_TIMEOUT) -> tuple[int, int, int]:
-    """The RPC protocol version the worker at host:port answers HELLO with.
-
-    Speaks exactly what ggml-rpc's client does first: `| cmd (1 byte) = 14 | size (8 bytes) |
-    conn_caps (24 zero bytes: plain TCP) |`; the answer is `| size (8 bytes) = 28 | major |
-    minor | patch | padding | conn_caps (24) |`. Then it closes, so the worker (which serves
-    one client at a time) is free for ggml's own connection.
-    """
-    endpoint = format_endpoint(host, port)
-    doing = "cannot reach the RPC worker"
-    address = _ipv4_address(host, port, endpoint, doing)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        try:
-            sock.connect(address)
-        except socket.timeout:
-            raise RpcError(f"{doing} {endpoint} (no answer in {timeout:g} s)") from None
-        except OSError as exc:
-            raise RpcError(f"{doing} {endpoint} ({exc.strerror or exc})") from None
-        try:
-            sock.sendall(struct.pack("<BQ", _CMD_HELLO, _CONN_CAPS_SIZE) + bytes(_CONN_CAPS_SIZE))
-            (size,) = struct.unpack("<Q", _recv_exactly(sock, 8))
-            if size != _HELLO_RSP_SIZE:
-                raise RpcError(
-                    f"the RPC worker {endpoint} answered the handshake with a {size}-byte message, "
-                    f"not the {_HELLO_RSP_SIZE} bytes of protocol {_version_text(PROTOCOL)}; "
-                    "it is not a llama.cpp RPC worker of the same version"
-                )
-            reply = _recv_exactly(sock, size)
-        except socket.timeout:
-            raise RpcError(
-                f"the RPC worker {endpoint} did not answer the handshake in {timeout:g} s "
-                "(a worker serves one client at a time: is another one using it?)"
-            ) from None
-        except OSError:
-            raise RpcError(
-                f"the RPC worker {endpoint} closed the connection during the handshake; "
-                f"it may speak another version of llama.cpp's RPC protocol than {_version_text(PROTOCOL)}"
-            ) from None
-    finally:
-        sock.close()
-    return reply[0], reply[1], reply[2]
-
-
-def _version_text(version: tuple[int, int, int]) -> str:
-    return ".".join(str(part) for part in version)
-
-
-def check_endpoint(host: str, port: int, timeout: float = CHECK_TIMEOUT) -> None:
-    """Raise RpcError, naming the endpoint, unless a worker there speaks our RPC protocol.
-
-    The same test ggml-rpc makes (same major version, minor not newer than ours), made first
-    so that a failure is one sentence instead of ggml's abort.
-    """
-    major, minor, patch = server_version(host, port, timeout)
-    if major != PROTOCOL[0] or minor > PROTOCOL[1]:
-        raise RpcError(
-            f"the RPC worker {format_endpoint(host, port)} speaks RPC protocol "
-            f"{major}.{minor}.{patch} and this llamapyz speaks {_version_text(PROTOCOL)}; "
-            "run the same llamapyz (or llama.cpp) version on both sides"
-        )
 
 
 # --------------------------------------------------------------------------- ggml plumbing
@@ -311,7 +87,8 @@ _rpc_reg_handle: Optional[int] = None
 _added: dict[tuple[str, int], list[int]] = {}  # endpoint -> its devices, registered once
 
 
-def _ggml() -> _Ggml:
+def ggml() -> _Ggml:
+    """libggml and libggml-base, loaded once (after libllama) with the signatures we call."""
     global _ggml_handle
     if _ggml_handle is None:
         _ggml_handle = _Ggml()
@@ -333,7 +110,7 @@ def _rpc_reg() -> int:
     """The RPC backend's registry entry, loaded once into the libggml libllama uses."""
     global _rpc_reg_handle
     if _rpc_reg_handle is None:
-        g = _ggml()
+        g = ggml()
         reg = g.ggml_backend_reg_by_name(b"RPC")
         if not reg:
             path = rpc_library()
@@ -344,22 +121,15 @@ def _rpc_reg() -> int:
     return _rpc_reg_handle
 
 
-def _proc(name: str, prototype: Any) -> Any:
-    address = _ggml().ggml_backend_reg_get_proc_address(_rpc_reg(), name.encode())
+def proc(name: str, prototype: Any) -> Any:
+    """The RPC backend's function `name`, as `prototype` (a ctypes.CFUNCTYPE)."""
+    address = ggml().ggml_backend_reg_get_proc_address(_rpc_reg(), name.encode())
     if not address:
         raise RpcError(f"the RPC backend has no {name}")
     return prototype(address)
 
 
 _ADD_SERVER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
-_START_SERVER = ctypes.CFUNCTYPE(
-    None,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_size_t,
-    ctypes.c_size_t,
-    ctypes.POINTER(ctypes.c_void_p),
-)
 
 
 # --------------------------------------------------------------------------- client
@@ -378,8 +148,8 @@ def add_servers(endpoints: Sequence[tuple[str, int]], timeout: float = CHECK_TIM
         if (host, port) not in _added:
             check_endpoint(host, port, timeout)
     _install_abort_message()  # before ggml connects: a worker may stop after its check
-    add = _proc("ggml_backend_rpc_add_server", _ADD_SERVER)
-    g = _ggml()
+    add = proc("ggml_backend_rpc_add_server", _ADD_SERVER)
+    g = ggml()
     devices: list[int] = []
     for host, port in endpoints:
         if (host, port) not in _added:
@@ -551,7 +321,7 @@ def devices_summary() -> list[str]:
 
     Asking an RPC device for its memory is a call to its worker: call this after add_servers.
     """
-    g = _ggml()
+    g = ggml()
     lines = []
     for i in range(int(g.ggml_backend_dev_count())):
         dev = g.ggml_backend_dev_get(i)
@@ -654,111 +424,5 @@ def _install_abort_message() -> None:
         backend.fatal(text[len("Error: ") :] if text.startswith("Error: ") else text)
 
     _abort_callback = _ABORT(on_abort)
-    previous = _ggml().ggml_set_abort_callback(ctypes.cast(_abort_callback, ctypes.c_void_p))
+    previous = ggml().ggml_set_abort_callback(ctypes.cast(_abort_callback, ctypes.c_void_p))
     _previous_abort = _ABORT(previous) if previous else None
-
-
-# --------------------------------------------------------------------------- worker
-
-
-def check_listen(host: str, port: int) -> str:
-    """The IPv4 address to give ggml, after proving host:port can be listened on now.
-
-    ggml's server binds IPv4 only and takes no host name, and when it cannot listen it only
-    prints "Failed to create server socket" and returns. So this binds (SO_REUSEADDR and
-    listen, as ggml does) and closes a Python socket first: RpcError("cannot listen on
-    HOST:PORT (Address already in use)").
-    """
-    endpoint = format_endpoint(host, port)
-    doing = "cannot listen on"
-    if not 0 < port < 65536:
-        raise RpcError(f"{doing} {endpoint} (a port is a number from 1 to 65535)")
-    address, _ = _ipv4_address(host, port, endpoint, doing)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        sock.listen(1)
-    except OSError as exc:
-        raise RpcError(f"{doing} {endpoint} ({exc.strerror or exc})") from None
-    finally:
-        sock.close()
-    return address
-
-
-def serve_worker(host: str, port: int, threads: int, cache_dir: Optional[Path] = None) -> None:
-    """Serve this machine's CPU device to RPC clients on host:port until interrupted.
-
-    Call after `engine.start_backend` (the CPU variant must be registered). Blocks in
-    `ggml_backend_rpc_start_server(endpoint, cache_dir, threads, 1, [CPU device])` on a daemon
-    thread, so Ctrl-C (KeyboardInterrupt) still reaches Python; the server serves one client
-    at a time. ggml prints its banner and "Accepted client connection" lines with printf:
-    they are sent to stderr (file descriptor 1 becomes a copy of 2), as a worker has no model
-    text for stdout. `cache_dir` (default: the llamapyz cache's `rpc/`) keeps the worker's
-    copies of large tensors, so a client that sends the same model again sends only hashes.
-    Raises RpcError when it cannot listen or the server stops.
-    """
-    from runtime.boot import cache_dir as default_cache
-
-    endpoint = format_endpoint(host, port)
-    address = check_listen(host, port)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache() / "rpc"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RpcError(f"cannot use {cache} as the worker's cache ({exc.strerror})") from None
-    g = _ggml()
-    start = _proc("ggml_backend_rpc_start_server", _START_SERVER)
-    cpu_device = g.ggml_backend_dev_by_type(_DEVICE_CPU)
-    if not cpu_device:
-        raise RpcError("the CPU backend is not started (call engine.start_backend first)")
-    devices = (ctypes.c_void_p * 1)(cpu_device)
-    args = (f"{address}:{port}".encode(), str(cache).encode(), max(1, threads), 1, devices)
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    thread = threading.Thread(target=start, args=args, name="rpc-worker", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
-    raise RpcError(f"the RPC worker on {endpoint} stopped (llama.cpp could not listen or accept)")
-
-
-def worker_main(argv: Sequence[str]) -> None:
-    """`HOST:PORT [--threads N] [--cache DIR]`: start a worker as the command line would.
-
-    For tests and `python -c "from runtime import rpc; rpc.worker_main([...])"`: one line on
-    stderr and exit code 1 for every error, 130 for Ctrl-C.
-    """
-    from runtime import cpu, engine, settings
-
-    args = list(argv)
-    threads = settings.default_threads()
-    cache: Optional[Path] = None
-    try:
-        while len(args) > 1 and args[-2] in ("--threads", "--cache"):
-            value = args.pop()
-            if args.pop() == "--threads":
-                threads = int(value)
-            else:
-                cache = Path(value)
-        if len(args) != 1:
-            raise RpcError("usage: HOST:PORT [--threads N] [--cache DIR]")
-        ((host, port),) = parse_endpoints(args[0], "the worker's address")
-        check_listen(host, port)
-        warning = exposure_warning(host, port)
-        if warning:
-            sys.stderr.write(warning + "\n")
-        engine.set_verbose(False)
-        choice = cpu.choose()
-        engine.start_backend(choice.path)
-        sys.stderr.write(
-            f"llamapyz RPC worker on {format_endpoint(host, port)}: CPU {choice.variant}, "
-            f"{threads} threads\n"
-        )
-        sys.stderr.flush()
-        serve_worker(host, port, threads, cache)
-    except (RpcError, cpu.CpuError, engine.EngineError, ValueError) as exc:
-        sys.stderr.write(f"Error: {exc}\n")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)

@@ -1,6 +1,6 @@
 """llama.cpp's RPC backend: real workers and clients as processes on 127.0.0.1.
 
-Workers run `runtime.rpc.worker_main` (ggml's own RPC server) in child processes; clients are
+Workers run `runtime.rpc_worker.worker_main` (ggml's own RPC server) in child processes; clients are
 child processes that load a model through `engine.Model` with its layers offloaded to them.
 Until the engine takes an offload plan itself, the client script applies `rpc.Offload` to the
 llama_model_params the engine passes to llama.cpp's load function (see CLIENT).
@@ -23,7 +23,8 @@ from typing import Optional
 import pytest
 from conftest import assert_clean_error
 
-from runtime import rpc
+from runtime import rpc, rpc_endpoints, rpc_protocol, rpc_worker
+from runtime.rpc_endpoints import RpcError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "the quick brown fox"
@@ -38,6 +39,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from runtime import cpu, engine, rpc
+from runtime.rpc_endpoints import RpcError, parse_endpoints
 from runtime.weights import ModelSource
 
 model, spec, mode, n_predict = Path(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
@@ -46,11 +48,11 @@ engine.set_verbose(verbose)
 engine.start_backend(cpu.choose().path)
 if spec:
     try:
-        devices = rpc.add_servers(rpc.parse_endpoints(spec), timeout=10)
+        devices = rpc.add_servers(parse_endpoints(spec), timeout=10)
         offload = rpc.plan_offload(
             devices, include_local="local" in mode, n_layer=rpc.layer_count(model)
         )
-    except rpc.RpcError as exc:
+    except RpcError as exc:
         sys.stderr.write(f"Error: {exc}\\n")
         sys.exit(1)
     if verbose:
@@ -85,7 +87,7 @@ def free_port() -> int:
 
 
 def worker_command(address: str, *extra: str) -> list[str]:
-    code = f"from runtime import rpc; rpc.worker_main({[address, *extra]!r})"
+    code = f"from runtime import rpc_worker; rpc_worker.worker_main({[address, *extra]!r})"
     return [sys.executable, "-c", code]
 
 
@@ -112,9 +114,9 @@ class Worker:
             if self.proc.poll() is not None:
                 pytest.fail(f"the worker exited with {self.proc.returncode}: {self.output()}")
             try:
-                rpc.check_endpoint("127.0.0.1", self.port, timeout=2)
+                rpc_protocol.check_endpoint("127.0.0.1", self.port, timeout=2)
                 return
-            except rpc.RpcError:
+            except RpcError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"the worker did not start: {self.output()}")
                 time.sleep(0.2)
@@ -210,8 +212,10 @@ def test_smollm2_split_over_two_workers_gives_the_local_text(
 
 
 def test_worker_speaks_the_protocol_version_this_runtime_expects(workers: list[Worker]) -> None:
-    assert rpc.server_version("127.0.0.1", workers[0].port) == rpc.PROTOCOL
-    assert "Starting RPC server v" + ".".join(map(str, rpc.PROTOCOL)) in workers[0].output()
+    assert rpc_protocol.server_version("127.0.0.1", workers[0].port) == rpc_protocol.PROTOCOL
+    assert (
+        "Starting RPC server v" + ".".join(map(str, rpc_protocol.PROTOCOL)) in workers[0].output()
+    )
 
 
 # --------------------------------------------------------------------------- failures
@@ -276,7 +280,7 @@ def test_worker_gone_between_check_and_connect_is_one_line(tmp_path: Path) -> No
         "engine.set_verbose(False)\n"
         "engine.start_backend(cpu.choose().path)\n"
         "rpc._install_abort_message()\n"  # what add_servers does before ggml connects
-        "add = rpc._proc('ggml_backend_rpc_add_server', rpc._ADD_SERVER)\n"
+        "add = rpc.proc('ggml_backend_rpc_add_server', rpc._ADD_SERVER)\n"
         f"add(b'127.0.0.1:{port}')\n"  # no check first: ggml-rpc itself fails to connect
         "print('not reached')\n"
     )
@@ -307,8 +311,8 @@ def test_worker_on_a_busy_port_is_an_rpc_error(tmp_path: Path) -> None:
         busy.listen(1)
         port = busy.getsockname()[1]
         message = f"cannot listen on 127.0.0.1:{port} (Address already in use)"
-        with pytest.raises(rpc.RpcError) as caught:
-            rpc.serve_worker("127.0.0.1", port, 1, tmp_path / "cache")
+        with pytest.raises(RpcError) as caught:
+            rpc_worker.serve_worker("127.0.0.1", port, 1, tmp_path / "cache")
         assert str(caught.value) == message
         result = subprocess.run(
             worker_command(f"127.0.0.1:{port}"),
@@ -322,14 +326,14 @@ def test_worker_on_a_busy_port_is_an_rpc_error(tmp_path: Path) -> None:
 
 
 def test_worker_listens_on_ipv4_only() -> None:
-    with pytest.raises(rpc.RpcError, match=r"cannot listen on \[::1\]:50052 .*IPv4 only"):
-        rpc.check_listen("::1", 50052)
-    with pytest.raises(rpc.RpcError, match=r"cannot reach the RPC worker \[::1\]:50052 .*IPv4"):
-        rpc.check_endpoint("::1", 50052)
+    with pytest.raises(RpcError, match=r"cannot listen on \[::1\]:50052 .*IPv4 only"):
+        rpc_worker.check_listen("::1", 50052)
+    with pytest.raises(RpcError, match=r"cannot reach the RPC worker \[::1\]:50052 .*IPv4"):
+        rpc_protocol.check_endpoint("::1", 50052)
 
 
 def test_localhost_worker_listens_on_127_0_0_1() -> None:
-    assert rpc.check_listen("localhost", free_port()) == "127.0.0.1"
+    assert rpc_worker.check_listen("localhost", free_port()) == "127.0.0.1"
 
 
 # --------------------------------------------------------------------------- the handshake
@@ -370,8 +374,8 @@ def hello_reply(major: int, minor: int, patch: int) -> bytes:
 
 
 def test_handshake_reads_the_version() -> None:
-    with fake_worker(hello_reply(*rpc.PROTOCOL)) as port:
-        rpc.check_endpoint("127.0.0.1", port)
+    with fake_worker(hello_reply(*rpc_protocol.PROTOCOL)) as port:
+        rpc_protocol.check_endpoint("127.0.0.1", port)
 
 
 @pytest.mark.parametrize(
@@ -388,8 +392,8 @@ def test_handshake_reads_the_version() -> None:
 def test_handshake_refuses_another_protocol(
     reply: Optional[bytes], timeout: float, message: str
 ) -> None:
-    with fake_worker(reply) as port, pytest.raises(rpc.RpcError) as caught:
-        rpc.check_endpoint("127.0.0.1", port, timeout=timeout)
+    with fake_worker(reply) as port, pytest.raises(RpcError) as caught:
+        rpc_protocol.check_endpoint("127.0.0.1", port, timeout=timeout)
     assert message in str(caught.value)
     assert f"127.0.0.1:{port}" in str(caught.value)
 
@@ -398,9 +402,15 @@ def test_handshake_refuses_another_protocol(
 
 
 def test_parse_endpoints() -> None:
-    assert rpc.parse_endpoints("host1:50052,host2:50052") == [("host1", 50052), ("host2", 50052)]
-    assert rpc.parse_endpoints(" 10.0.0.2:1 , [::1]:50052 ") == [("10.0.0.2", 1), ("::1", 50052)]
-    assert rpc.parse_endpoints("gpu-box.local:65535") == [("gpu-box.local", 65535)]
+    assert rpc_endpoints.parse_endpoints("host1:50052,host2:50052") == [
+        ("host1", 50052),
+        ("host2", 50052),
+    ]
+    assert rpc_endpoints.parse_endpoints(" 10.0.0.2:1 , [::1]:50052 ") == [
+        ("10.0.0.2", 1),
+        ("::1", 50052),
+    ]
+    assert rpc_endpoints.parse_endpoints("gpu-box.local:65535") == [("gpu-box.local", 65535)]
 
 
 @pytest.mark.parametrize(
@@ -435,20 +445,20 @@ def test_parse_endpoints() -> None:
     ],
 )
 def test_malformed_rpc_lists(text: str, message: str) -> None:
-    with pytest.raises(rpc.RpcError) as caught:
-        rpc.parse_endpoints(text)
+    with pytest.raises(RpcError) as caught:
+        rpc_endpoints.parse_endpoints(text)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_loopback_and_warning() -> None:
     for host in ("127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]", "LOCALHOST"):
-        assert rpc.is_loopback(host), host
-        assert rpc.exposure_warning(host, 50052) is None
+        assert rpc_endpoints.is_loopback(host), host
+        assert rpc_endpoints.exposure_warning(host, 50052) is None
     for host in ("0.0.0.0", "192.168.1.5", "::", "example.com"):
-        assert not rpc.is_loopback(host), host
-        warning = rpc.exposure_warning(host, 50052) or ""
-        assert rpc.format_endpoint(host, 50052) in warning and "trust" in warning
+        assert not rpc_endpoints.is_loopback(host), host
+        warning = rpc_endpoints.exposure_warning(host, 50052) or ""
+        assert rpc_endpoints.format_endpoint(host, 50052) in warning and "trust" in warning
 
 
 # --------------------------------------------------------------------------- the plan
@@ -459,7 +469,7 @@ def test_plan_offload_all_on_workers() -> None:
     assert plan.n_gpu_layers == -1 and plan.local_layers is None
     assert list(plan.devices) == [11, 22, None]
     assert list(plan.tensor_split)[:3] == [1.0, 1.0, 0.0]
-    assert len(plan.tensor_split) == rpc.MAX_SERVERS
+    assert len(plan.tensor_split) == rpc_endpoints.MAX_SERVERS
 
 
 def test_plan_offload_keeps_a_share_here() -> None:
@@ -485,7 +495,7 @@ def test_plan_offload_keeps_a_share_here() -> None:
 def test_plan_offload_refuses(
     weights: Optional[list[float]], include_local: bool, n_layer: Optional[int], message: str
 ) -> None:
-    with pytest.raises(rpc.RpcError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(RpcError, match=message.replace("(", r"\(").replace(")", r"\)")):
         rpc.plan_offload([11, 22], weights, include_local=include_local, n_layer=n_layer)
 
 
@@ -509,7 +519,7 @@ def test_layer_count(tiny_gguf: Path, tmp_path: Path) -> None:
     embedded = tmp_path / "embedded.bin"
     embedded.write_bytes(b"\0" * 65536 + tiny_gguf.read_bytes())
     assert rpc.layer_count(embedded, 65536) == 2
-    with pytest.raises(rpc.RpcError, match="cannot read the layer count"):
+    with pytest.raises(RpcError, match="cannot read the layer count"):
         rpc.layer_count(embedded)
 
 
