@@ -1,39 +1,37 @@
 """The OpenAI-compatible HTTP API and the chat page, over the generation service.
 
 Requests are checked here (bad ones get a 4xx with an OpenAI-style JSON error and the
-server keeps serving); the work itself goes to `service.Service`.
+server keeps serving); `replies` runs the work on `service.Service` and shapes the answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import secrets
 import socket
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime import grammar, templates
-from runtime.service import Busy, Job, Lost, Service
+from runtime import grammar, replies, templates
+from runtime.openai_models import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    ContentPart,
+    EmbeddingRequest,
+    GenerationFields,
+)
+from runtime.service import Job, Service
 
 WEB = Path(__file__).parent / "web"
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, code: str, param: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 def _error(status: int, message: str, code: str, param: Optional[str] = None) -> JSONResponse:
@@ -42,53 +40,6 @@ def _error(status: int, message: str, code: str, param: Optional[str] = None) ->
         kind = "authentication_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
-
-
-class ContentPart(BaseModel):
-    type: str
-    text: Optional[str] = None
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[ContentPart], None] = None
-
-
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[dict[str, Any]] = None
-
-
-class GenerationFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    top_k: Optional[int] = Field(None, ge=0)
-    min_p: Optional[float] = Field(None, ge=0, le=1)
-    repeat_penalty: Optional[float] = Field(None, gt=0)
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1)
-    response_format: Optional[ResponseFormat] = None
-
-
-class ChatRequest(GenerationFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-
-
-class CompletionRequest(GenerationFields):
-    prompt: Union[str, list[str]]
-
-
-class EmbeddingRequest(BaseModel):
-    model: str
-    input: Union[str, list[str]]
-    encoding_format: Literal["float", "base64"] = "float"
 
 
 @dataclass
@@ -182,23 +133,9 @@ def create_app(state: ServerState) -> FastAPI:
             raise APIError(400, str(exc), "invalid_messages", "messages") from None
         limit = body.max_completion_tokens or body.max_tokens
         job = _job(state, body, prompt_text, limit if limit else state.n_predict, state.fmt.stops)
-        if body.stream:
-            return _stream(state, job, request, chat=True)
-        text, done = await _collect(state, job, request)
-        return {
-            "id": f"chatcmpl-{secrets.token_hex(12)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": state.model_id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": done["finish_reason"],
-                }
-            ],
-            "usage": _usage(job, done),
-        }
+        return await replies.answer(
+            state.service, state.model_id, replies.CHAT, job, request, body.stream
+        )
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)], response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
@@ -212,19 +149,9 @@ def create_app(state: ServerState) -> FastAPI:
                 "prompt",
             )
         job = _job(state, body, prompts[0], body.max_tokens or 16, ())
-        if body.stream:
-            return _stream(state, job, request, chat=False)
-        text, done = await _collect(state, job, request)
-        return {
-            "id": f"cmpl-{secrets.token_hex(12)}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": state.model_id,
-            "choices": [
-                {"index": 0, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}
-            ],
-            "usage": _usage(job, done),
-        }
+        return await replies.answer(
+            state.service, state.model_id, replies.TEXT, job, request, body.stream
+        )
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
     async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
@@ -235,7 +162,7 @@ def create_app(state: ServerState) -> FastAPI:
         data, used = [], 0
         for i, text in enumerate(inputs):
             job = Job(prompt=[], n_predict=0, sampling=None, embed_text=text)
-            vector = await _embed(state, job, request)
+            vector = await replies.embedding(state.service, job, request)
             used += len(state.model.tokenize(text))
             value: Any = vector
             if body.encoding_format == "base64":  # what the openai client asks for by default
@@ -302,129 +229,6 @@ def _job(
     extra = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     stops = tuple(stops) + state.stops + extra
     return Job(prompt=tokens, n_predict=n_predict, sampling=sampling, stops=stops)
-
-
-def _usage(job: Job, done: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = len(job.prompt), int(done["completion_tokens"])
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def _attach(job: Job) -> asyncio.Queue[tuple[str, Any]]:
-    """Route the worker thread's events for `job` into an asyncio queue on this loop."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def on_event(kind: str, value: Any) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-
-    job.on_event = on_event
-    return events
-
-
-def _submit(state: ServerState, job: Job) -> None:
-    try:
-        state.service.submit(job)
-    except Busy as exc:
-        raise APIError(
-            503, f"the server is busy: {exc}; try again shortly", "server_busy"
-        ) from None
-    except Lost as exc:
-        raise APIError(503, f"the model cannot run: {exc}", "engine_lost") from None
-
-
-async def _next(
-    events: asyncio.Queue[tuple[str, Any]], job: Job, request: Request
-) -> tuple[str, Any]:
-    """The job's next event; cancels the job when the client has gone away meanwhile."""
-    while True:
-        try:
-            return await asyncio.wait_for(events.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancel()
-                raise asyncio.CancelledError() from None
-
-
-def _raise(exc: Exception) -> None:
-    from runtime.engine import EngineError
-
-    if isinstance(exc, Lost):
-        raise APIError(503, f"the model cannot run: {exc}", "engine_lost") from None
-    if isinstance(exc, EngineError):
-        raise APIError(400, str(exc), "invalid_request") from None
-    raise exc
-
-
-async def _collect(state: ServerState, job: Job, request: Request) -> tuple[str, dict[str, Any]]:
-    job.stream = False
-    events = _attach(job)
-    _submit(state, job)
-    try:
-        while True:
-            kind, value = await _next(events, job, request)
-            if kind == "error":
-                _raise(value)
-            elif kind == "done":
-                return "".join(job.parts), value
-    finally:
-        job.cancel()
-
-
-async def _embed(state: ServerState, job: Job, request: Request) -> list[float]:
-    events = _attach(job)
-    _submit(state, job)
-    kind, value = await _next(events, job, request)
-    if kind == "error":
-        _raise(value)
-    return list(value)
-
-
-def _stream(state: ServerState, job: Job, request: Request, chat: bool) -> EventSourceResponse:
-    events = _attach(job)
-    _submit(state, job)
-    ident = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
-    created = int(time.time())
-
-    def chunk(delta: Optional[dict[str, str]], text: Optional[str], finish: Optional[str]) -> str:
-        if chat:
-            choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish}
-            kind = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            kind = "text_completion"
-        body = {
-            "id": ident,
-            "object": kind,
-            "created": created,
-            "model": state.model_id,
-            "choices": [choice],
-        }
-        return json.dumps(body)
-
-    async def produce() -> Any:
-        try:
-            if chat:
-                yield {"data": chunk({"role": "assistant", "content": ""}, None, None)}
-            while True:
-                kind, value = await _next(events, job, request)
-                if kind == "text":
-                    yield {"data": chunk({"content": value}, value, None)}
-                elif kind == "error":
-                    message = {"error": {"message": str(value), "type": "server_error"}}
-                    yield {"data": json.dumps(message)}
-                    break
-                elif kind == "done":
-                    yield {"data": chunk({}, "", value["finish_reason"])}
-                    break
-            yield {"data": "[DONE]"}
-        finally:
-            job.cancel()  # a client that went away stops its own generation
-
-    return EventSourceResponse(produce(), ping=15)
 
 
 def serve(state: ServerState, sock: socket.socket, host: str, open_browser: bool) -> None:

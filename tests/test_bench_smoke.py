@@ -22,6 +22,7 @@ from runtime import selftest_model
 REPO = Path(__file__).resolve().parent.parent
 ROW_KEYS = [
     "build_time_4MB",
+    "rebuild_time_4MB",
     "build_peak_rss",
     "start_warm",
     "start_first",
