@@ -28,15 +28,11 @@ BOOT_MODULE = "_llamapyz_boot"
 MAIN_PY = f"import {BOOT_MODULE}\n{BOOT_MODULE}.main()\n"
 # Distributions the runtime imports, by distribution name; their own requirements (but not
 # llama-cpp-python's: numpy and diskcache serve only its high-level modules) come along.
-ROOTS = (
-    "click",
-    "llama_cpp_python",
-    "typing_extensions",
-    "jinja2",
-    "fastapi",
-    "uvicorn",
-    "sse_starlette",
-)
+CORE_ROOTS = ("click", "llama_cpp_python", "typing_extensions", "jinja2")
+# Only `--server` imports these: a .pyz extracts them the first time one is imported
+# (runtime/boot.py, DEFERRED_LIST), so a first one-shot or chat start skips most files.
+SERVER_ROOTS = ("fastapi", "uvicorn", "sse_starlette")
+ROOTS = CORE_ROOTS + SERVER_ROOTS
 NOT_FOLLOWED = {"llama_cpp_python"}
 # llama-cpp-python's high-level modules import numpy; the runtime uses only the bindings.
 LLAMA_CPP_MODULES = {
@@ -50,7 +46,7 @@ LLAMA_CPP_MODULES = {
 LIB_FAMILIES = ("libllama", "libggml", "libggml-base")
 DIST_INFO_KEEP = re.compile(r"(METADATA|LICEN[CS]E.*|COPYING.*|top_level\.txt)$")
 ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
-FORMAT = 2  # bump when the zip's layout changes, to invalidate cached zips
+FORMAT = 3  # bump when the zip's layout changes, to invalidate cached zips
 
 
 @dataclass(frozen=True)
@@ -122,13 +118,19 @@ def _normal(name: str) -> str:
 
 def bundled() -> list[str]:
     """The distributions to ship: ROOTS and what they require, as installed here."""
-    return list(_bundled())
+    return list(_closure(ROOTS))
 
 
-@functools.lru_cache(maxsize=1)
-def _bundled() -> tuple[str, ...]:
+def deferred() -> list[str]:
+    """The distributions only the server needs."""
+    core = {_normal(n) for n in _closure(CORE_ROOTS)}
+    return [n for n in _closure(ROOTS) if _normal(n) not in core]
+
+
+@functools.cache
+def _closure(roots: tuple[str, ...]) -> tuple[str, ...]:
     seen: dict[str, str] = {}
-    todo = list(ROOTS)
+    todo = list(roots)
     while todo:
         name = todo.pop()
         if _normal(name) in seen:
@@ -136,7 +138,7 @@ def _bundled() -> tuple[str, ...]:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            if name in ROOTS:
+            if name in roots:
                 raise PackError(f"the build environment lacks {name}: run `make install`") from None
             continue  # an optional requirement for another platform or Python
         seen[_normal(name)] = dist.metadata["Name"]
@@ -163,19 +165,32 @@ def _openmp() -> list[tuple[str, Path]]:
     return [("llama_cpp/lib/libgomp.so.1", Path(p)) for p in sorted(paths)[:1]]
 
 
-def collect() -> tuple[list[tuple[str, Path]], dict[str, str]]:
-    """(path under site-packages, source file) for everything the runtime ships, and the
-    distributions among them with ABI-tagged extension modules (name -> version)."""
+@dataclass(frozen=True)
+class Collected:
+    files: list[tuple[str, Path]]  # (path under site-packages, source file)
+    compiled: dict[str, str]  # distributions with ABI-tagged extension modules -> version
+    deferred: list[str]  # top-level names under site-packages that only the server needs
+
+
+def collect() -> Collected:
+    """Everything the runtime ships, and which of it to extract only for a server."""
     from packager.abis import EXT
 
     files = _runtime_package()
     compiled: dict[str, str] = {}
+    later = {_normal(n) for n in deferred()}
+    tops: set[str] = set()
     for name in bundled():
         own = _dist_files(name)
         if any(EXT.search(arc) for arc, _src in own):
             compiled[name] = metadata.version(name)
+        if _normal(name) in later:
+            tops |= {arc.split("/")[0] for arc, _src in own}
         files += own
-    return sorted(files + _openmp()), compiled
+    core_tops = {arc.split("/")[0] for arc, _src in files if arc.split("/")[0] not in tops}
+    if tops & core_tops:  # a folder shared with a core distribution: extract it up front
+        tops -= core_tops
+    return Collected(sorted(files + _openmp()), compiled, sorted(tops))
 
 
 def _key(files: list[tuple[str, Path]]) -> str:
@@ -204,8 +219,8 @@ def build(cache: Path, pythons: Optional[list[str]] = None) -> RuntimeZip:
     from packager import abis
 
     pythons = pythons or list(abis.SUPPORTED)
-    files, compiled = collect()
-    files = sorted(files + abis.extension_files(cache, compiled, pythons))
+    found = collect()
+    files = sorted(found.files + abis.extension_files(cache, found.compiled, pythons))
     key = _key(files + [(f"python {v}", Path(__file__)) for v in pythons])
     target = cache / "build" / f"runtime-{key}.zip"
     info = target.with_suffix(".json")
@@ -219,7 +234,7 @@ def build(cache: Path, pythons: Optional[list[str]] = None) -> RuntimeZip:
         except (OSError, ValueError, KeyError):
             pass
     target.parent.mkdir(parents=True, exist_ok=True)
-    build_id = _write(files, target)
+    build_id = _write(files, found.deferred, target)
     info.write_text(json.dumps({"build_id": build_id}))
     _prune(target.parent, keep=3)
     return RuntimeZip(target, build_id, _versions(), variants, pythons)
@@ -233,7 +248,7 @@ def _prune(folder: Path, keep: int) -> None:
         old.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _write(files: list[tuple[str, Path]], target: Path) -> str:
+def _write(files: list[tuple[str, Path]], deferred_tops: list[str], target: Path) -> str:
     from shiv import bootstrap
     from shiv.bootstrap.environment import Environment
     from shiv.builder import iter_package_files
@@ -258,6 +273,9 @@ def _write(files: list[tuple[str, Path]], target: Path) -> str:
             for path, name in iter_package_files(bootstrap):
                 put(f"_bootstrap/{name}", path.read_bytes())
             put(f"{BOOT_MODULE}.py", Path(runtime.boot.__file__).read_bytes())
+            listing = json.dumps(deferred_tops, indent=1).encode()
+            contents.update(b"deferred\0" + listing)  # another split is another extraction
+            put(runtime.boot.DEFERRED_LIST, listing)
             env = Environment(
                 built_at=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                 shiv_version=metadata.version("shiv"),

@@ -48,9 +48,30 @@ def bindings() -> Any:
         package.__file__ = spec.origin
         sys.modules["llama_cpp"] = package
     try:
-        return importlib.import_module("llama_cpp.llama_cpp")
+        with _typing_extensions_stub():
+            return importlib.import_module("llama_cpp.llama_cpp")
     except (OSError, RuntimeError, FileNotFoundError) as exc:
         raise EngineError(f"cannot load llama.cpp's shared library ({exc})") from None
+
+
+@contextlib.contextmanager
+def _typing_extensions_stub() -> Iterator[None]:
+    """The bindings import typing_extensions for one name used only in annotations; the
+    module is 3,000 lines to compile on a first start. Stand in for it while they import
+    (a later real import, pydantic's, finds nothing cached)."""
+    if "typing_extensions" in sys.modules:
+        yield
+        return
+    import typing
+
+    stub = types.ModuleType("typing_extensions")
+    stub.TypeAlias = getattr(typing, "TypeAlias", object)  # type: ignore[attr-defined]
+    sys.modules["typing_extensions"] = stub
+    try:
+        yield
+    finally:
+        if sys.modules.get("typing_extensions") is stub:
+            del sys.modules["typing_extensions"]
 
 
 def lib_dir() -> Path:

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 ARCHIVE: Optional[Path] = None
+VARIANT_MEMBER = "site-packages/bin/libggml-cpu-"
+PACKED_VARIANTS = "packed-variants.json"  # in site-packages/bin: the variants left in the file
+DEFERRED_LIST = "deferred.json"  # at the zip's root: site-packages entries only a server needs
+DEFERRED_DONE = ".deferred-extracted"  # in site-packages, once those are extracted too
 
 
 def cache_dir() -> Path:
@@ -85,18 +89,39 @@ def python_tag() -> str:
     return f"cp{sys.version_info[0]}{sys.version_info[1]}"
 
 
+def _packed_variant(name: str) -> bool:
+    """A CPU backend variant: left in the file until it is chosen (`runtime.cpu`)."""
+    return name.startswith(VARIANT_MEMBER) and name.endswith(".so")
+
+
 def _wanted(name: str) -> bool:
-    """site-packages members to extract: all but other Pythons' compiled modules."""
-    if not name.startswith("site-packages/") or name.endswith("/"):
+    """site-packages members to extract: all but other Pythons' compiled modules and the CPU
+    variants (a dozen, 19 MB, of which one is used)."""
+    if not name.startswith("site-packages/") or name.endswith("/") or _packed_variant(name):
         return False
     if ".cpython-" in name and name.endswith(".so"):
         return f".cpython-{python_tag()[2:]}-" in name
     return True
 
 
+def _deferred_tops(zf: zipfile.ZipFile) -> set[str]:
+    try:
+        return set(json.loads(zf.read(DEFERRED_LIST)))
+    except (KeyError, ValueError, TypeError):
+        return set()
+
+
+def _later(name: str, tops: set[str]) -> bool:
+    """A member of a package only the server imports (`pydantic/...`, `fastapi-….dist-info/…`)."""
+    parts = name.split("/", 2)
+    return len(parts) > 2 and parts[1] in tops
+
+
 def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
     """Extract site-packages for this Python, as shiv would (same place, same lock, same
-    atomic move), but without the compiled modules of the other Pythons the file carries."""
+    atomic move), but without the compiled modules of the other Pythons the file carries,
+    the CPU variants (`runtime.cpu` takes the one it needs) and the server's packages
+    (`_Deferred` extracts those when one is first imported)."""
     import compileall
 
     import _bootstrap  # type: ignore[import-not-found]  # shiv's, at the zip's root
@@ -111,7 +136,15 @@ def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
         if (target / "site-packages").exists():  # another copy extracted it meanwhile
             return target
         try:
-            _extract_members(zf, [i for i in zf.infolist() if _wanted(i.filename)], tmp)
+            members = zf.infolist()
+            tops = _deferred_tops(zf)
+            now = [i for i in members if _wanted(i.filename) and not _later(i.filename, tops)]
+            _extract_members(zf, now, tmp)
+            packed = {i.filename: i.file_size for i in members if _packed_variant(i.filename)}
+            if packed:
+                listing = tmp / VARIANT_MEMBER.rsplit("/", 1)[0] / PACKED_VARIANTS
+                listing.parent.mkdir(parents=True, exist_ok=True)
+                listing.write_text(json.dumps(packed, indent=1))
             if env.compile_pyc:
                 compileall.compile_dir(str(tmp), quiet=2, workers=env.compile_workers)
             shutil.move(str(tmp), str(target))
@@ -170,6 +203,63 @@ def _drop_older(current: Path) -> None:
             (other.parent / f".{other.name}_lock").unlink(missing_ok=True)
 
 
+class _Deferred:
+    """An import hook: the first import of a server package extracts all of them."""
+
+    def __init__(self, archive: Path, site: Path, tops: set[str]) -> None:
+        self.archive = archive
+        self.site = site
+        self.tops = tops
+        self.modules = {t.split(".")[0] for t in tops if not t.endswith(".dist-info")}
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.partition(".")[0] in self.modules:
+            self.extract()
+        return None  # the regular path finder finds it now
+
+    def extract(self) -> None:
+        import importlib
+
+        from _bootstrap.filelock import FileLock
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        done = self.site / DEFERRED_DONE
+        tmp = self.site.parent / f".deferred-{os.getpid()}"
+        try:
+            with FileLock(str(self.site.parent / ".deferred_lock")):
+                if done.exists():
+                    return
+                with zipfile.ZipFile(self.archive) as zf:
+                    members = [
+                        i
+                        for i in zf.infolist()
+                        if _wanted(i.filename) and _later(i.filename, self.tops)
+                    ]
+                    _extract_members(zf, members, tmp)
+                for entry in sorted((tmp / "site-packages").iterdir()):
+                    if not (self.site / entry.name).exists():
+                        os.rename(entry, self.site / entry.name)
+                done.touch()
+        except OSError as exc:
+            _die(f"{self.archive}: cannot extract its server packages ({exc.strerror or exc})")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        importlib.invalidate_caches()
+
+
+_DEFERRED: Optional[_Deferred] = None
+
+
+def _defer(zf: zipfile.ZipFile, target: Path) -> None:
+    global _DEFERRED
+    site = target / "site-packages"
+    tops = _deferred_tops(zf)
+    if tops and ARCHIVE is not None and not (site / DEFERRED_DONE).exists():
+        _DEFERRED = _Deferred(ARCHIVE, site, tops)
+        sys.meta_path.insert(0, _DEFERRED)
+
+
 def main() -> None:
     global ARCHIVE
     ARCHIVE = Path(sys.argv[0]).resolve()
@@ -186,15 +276,16 @@ def main() -> None:
         if why is not None:
             root = _fall_back(why) / "runtimes" / python_tag()
         try:
-            _extract(zf, env, root)
+            target = _extract(zf, env, root)
         except OSError as exc:
             if os.environ.get("LLAMAPYZ_CACHE", "").startswith(tempfile.gettempdir()) and why:
                 _die(f"{ARCHIVE}: cannot extract its runtime ({exc.strerror or exc})")
             root = _fall_back(exc.strerror or str(exc)) / "runtimes" / python_tag()
             try:
-                _extract(zf, env, root)
+                target = _extract(zf, env, root)
             except OSError as again:
                 _die(f"{ARCHIVE}: cannot extract its runtime ({again.strerror or again})")
+        _defer(zf, target)
     if not chosen:
         os.environ["SHIV_ROOT"] = str(root)
         os.environ["LLAMAPYZ_SHIV_ROOT_SET"] = "1"
