@@ -73,6 +73,9 @@ def _child_env() -> dict[str, str]:
     """
     env = dict(os.environ)
     env.pop("SHIV_ROOT", None)  # would redirect the .pyz's extraction away from its cache
+    # Set on some CI machines: `pack` (installed editable) would compile its modules on every
+    # run, where an installed copy has its bytecode (pip compiles it) and the peers have theirs.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     base_bin = Path(getattr(sys, "_base_executable", sys.executable)).parent
     if (base_bin / "python3").exists():
         env["PATH"] = f"{base_bin}{os.pathsep}{env.get('PATH', '')}"

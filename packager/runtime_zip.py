@@ -7,6 +7,7 @@ identity of those files, so a build only appends it after the weights.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -17,9 +18,8 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from packager.errors import PackError
 
@@ -59,6 +59,8 @@ class RuntimeZip:
 
 
 def _dist_files(name: str) -> list[tuple[str, Path]]:
+    from importlib import metadata
+
     try:
         dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
@@ -129,6 +131,8 @@ def deferred() -> list[str]:
 
 @functools.cache
 def _closure(roots: tuple[str, ...]) -> tuple[str, ...]:
+    from importlib import metadata
+
     seen: dict[str, str] = {}
     todo = list(roots)
     while todo:
@@ -174,6 +178,8 @@ class Collected:
 
 def collect() -> Collected:
     """Everything the runtime ships, and which of it to extract only for a server."""
+    from importlib import metadata
+
     from packager.abis import EXT
 
     files = _runtime_package()
@@ -194,6 +200,8 @@ def collect() -> Collected:
 
 
 def _key(files: list[tuple[str, Path]]) -> str:
+    from importlib import metadata
+
     h = hashlib.sha256(f"{FORMAT} {metadata.version('shiv')}".encode())
     h.update(sys.version.encode())
     for arc, src in files:
@@ -205,6 +213,8 @@ def _key(files: list[tuple[str, Path]]) -> str:
 
 
 def _versions() -> dict[str, str]:
+    from importlib import metadata
+
     import runtime
 
     found = {"llamapyz": runtime.__version__}
@@ -219,6 +229,73 @@ def build(cache: Path, pythons: Optional[list[str]] = None) -> RuntimeZip:
     from packager import abis
 
     pythons = pythons or list(abis.SUPPORTED)
+    stamp = _stamp(pythons)
+    known = _recall(cache, stamp)
+    if known is not None:
+        return known
+    rz = _build(cache, pythons)
+    _remember(cache, stamp, rz)
+    return rz
+
+
+def _stamp(pythons: list[str]) -> str:
+    """What the runtime zip is made from, cheaply: the folders distributions are installed
+    in (pip adds, removes or renames a folder there for each install or upgrade), the
+    runtime's and the packager's own files, this Python, the target Pythons."""
+    h = hashlib.sha256(f"{FORMAT} {sys.version} {sys.executable} {pythons}".encode())
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            h.update(f"{entry}\0{os.stat(entry or '.').st_mtime_ns}\n".encode())
+    for package in ("runtime", "packager"):
+        root = Path(__file__).resolve().parent.parent / package
+        for path in sorted(root.glob("*.py")):
+            st = path.stat()
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _memo_path(cache: Path) -> Path:
+    return cache / "build" / "runtime-memo.json"
+
+
+def _recall(cache: Path, stamp: str) -> Optional[RuntimeZip]:
+    """The runtime zip an earlier build made from the same stamp, if it is still there."""
+    try:
+        data: dict[str, Any] = json.loads(_memo_path(cache).read_text())
+        if data["stamp"] != stamp or not Path(data["path"]).is_file():
+            return None
+        return RuntimeZip(
+            Path(data["path"]),
+            str(data["build_id"]),
+            dict(data["packages"]),
+            list(data["cpu_variants"]),
+            list(data["pythons"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember(cache: Path, stamp: str, rz: RuntimeZip) -> None:
+    path = _memo_path(cache)
+    data = {
+        "stamp": stamp,
+        "path": str(rz.path),
+        "build_id": rz.build_id,
+        "packages": rz.packages,
+        "cpu_variants": rz.cpu_variants,
+        "pythons": rz.pythons,
+    }
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _build(cache: Path, pythons: list[str]) -> RuntimeZip:
+    from packager import abis
+
     found = collect()
     files = sorted(found.files + abis.extension_files(cache, found.compiled, pythons))
     key = _key(files + [(f"python {v}", Path(__file__)) for v in pythons])
@@ -249,6 +326,8 @@ def _prune(folder: Path, keep: int) -> None:
 
 
 def _write(files: list[tuple[str, Path]], deferred_tops: list[str], target: Path) -> str:
+    from importlib import metadata
+
     from shiv import bootstrap
     from shiv.bootstrap.environment import Environment
     from shiv.builder import iter_package_files

@@ -64,3 +64,22 @@ def test_a_file_that_just_changed_is_not_remembered(
     memo_file = session_cache / "build" / "sources.json"
     remembered = json.loads(memo_file.read_text())["files"] if memo_file.exists() else {}
     assert [e for e in remembered.values() if e["path"] == str(gguf)] == []
+
+
+def test_the_runtime_zip_is_made_again_when_an_install_changes(
+    tmp_path: Path, session_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packager import runtime_zip
+
+    first = runtime_zip.build(session_cache)
+    assert runtime_zip.build(session_cache) == first  # remembered: no metadata read
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    stamp = runtime_zip._stamp(first.pythons)
+    (site / "new_distribution-1.0.dist-info").mkdir()  # what pip does on an install
+    assert runtime_zip._stamp(first.pythons) != stamp
+    assert runtime_zip._recall(session_cache, stamp) is None  # not the stamp remembered
+    # The files are looked at again, and they are the same: the same runtime comes back.
+    again = runtime_zip.build(session_cache)
+    assert again.path.is_file() and again.build_id == first.build_id
