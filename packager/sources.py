@@ -36,10 +36,11 @@ def from_spec(spec: str) -> BuildInput:
 def from_ollama(name: str) -> BuildInput:
     """An Ollama model: its GGUF blob (sha256 checked), params and system prompt as defaults."""
     from runtime import ollama
+    from runtime.ollama_params import default_flags
 
     try:
         model = ollama.resolve(name, verify=True, verify_model=False)
-        args, ignored = ollama.default_flags(model)
+        args, ignored = default_flags(model)
     except ollama.OllamaError as exc:
         raise PackError(str(exc)) from None
     stem = re.sub(r"[^\w.-]+", "-", model.ref.display)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -40,19 +39,6 @@ _MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _TAG = _MODEL
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")  # as a user may type it
 _LAYER_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")  # as Ollama writes it in a manifest
-
-# Modelfile PARAMETER -> (runtime flag, the type the flag takes)
-_FLAGS: dict[str, tuple[str, type]] = {
-    "temperature": ("--temp", float),
-    "num_ctx": ("-c", int),
-    "top_k": ("--top-k", int),
-    "top_p": ("--top-p", float),
-    "min_p": ("--min-p", float),
-    "repeat_penalty": ("--repeat-penalty", float),
-    "seed": ("--seed", int),
-    "num_predict": ("-n", int),
-    "num_thread": ("-t", int),
-}
 
 
 class OllamaError(Exception):
@@ -454,42 +440,3 @@ def list_models(root: Optional[Path] = None) -> list[ListedModel]:
         if sizes:
             listed.append(ListedModel(ref=ref, size=sizes[0], modified=modified))
     return sorted(listed, key=lambda m: m.name)
-
-
-def _number(key: str, value: Any, kind: type) -> str:
-    """`value` as the flag's argument, refusing what the flag would not take."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise OllamaError(f"the Modelfile parameter {key} is {value!r}, not a number")
-    if kind is int:
-        if value != int(value):
-            raise OllamaError(f"the Modelfile parameter {key} is {value!r}, not a whole number")
-        return str(int(value))
-    return str(value)
-
-
-def params_to_flags(params: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The runtime's flags for Ollama's Modelfile parameters, and the parameters it has none for."""
-    flags: list[str] = []
-    ignored: list[str] = []
-    for key, (flag, kind) in _FLAGS.items():
-        if key in params:
-            flags += [flag, _number(key, params[key], kind)]
-    for key, value in params.items():
-        if key == "stop":
-            stops = [value] if isinstance(value, str) else value
-            if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-                raise OllamaError(f"the Modelfile parameter stop is {value!r}, not a list of text")
-            for stop in stops:
-                flags += ["--stop", stop]
-        elif key not in _FLAGS:
-            ignored.append(key)
-    return flags, ignored
-
-
-def default_flags(model: OllamaModel) -> tuple[list[str], list[str]]:
-    """The runtime flags a model's Modelfile implies (params, then its system prompt), and
-    the parameters that have no flag."""
-    flags, ignored = params_to_flags(model.params)
-    if model.system:
-        flags += ["--system", model.system]
-    return flags, ignored

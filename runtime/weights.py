@@ -98,10 +98,11 @@ def from_path(spec: str) -> ModelSource:
 def from_ollama(name: str, verify: bool = False) -> ModelSource:
     """An Ollama model by name, its params and system prompt as default flags."""
     from runtime import ollama
+    from runtime.ollama_params import default_flags
 
     try:
         model = ollama.resolve(name, verify=verify)
-        flags, _ignored = ollama.default_flags(model)
+        flags, _ignored = default_flags(model)
     except ollama.OllamaError as exc:
         raise WeightsError(str(exc)) from None
     s = model.source

@@ -14,6 +14,7 @@ import pytest
 
 from runtime import ollama
 from runtime.ollama import ModelRef, OllamaError
+from runtime.ollama_params import params_to_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDIA = "application/vnd.ollama.image."
@@ -586,12 +587,12 @@ def test_list_models_of_an_empty_store(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_params_to_flags(params: dict[str, Any], flags: list[str], ignored: list[str]) -> None:
-    assert ollama.params_to_flags(params) == (flags, ignored)
+    assert params_to_flags(params) == (flags, ignored)
 
 
 def test_params_of_a_resolved_model_become_flags(store: Store) -> None:
     model = ollama.resolve("smol", root=store.root)
-    assert ollama.params_to_flags(model.params) == (
+    assert params_to_flags(model.params) == (
         ["--temp", "0", "-n", "5", "--stop", "</s>"],
         [],
     )
@@ -609,7 +610,7 @@ def test_params_of_a_resolved_model_become_flags(store: Store) -> None:
 )
 def test_params_with_bad_values(params: dict[str, Any], message: str) -> None:
     with pytest.raises(OllamaError) as info:
-        ollama.params_to_flags(params)
+        params_to_flags(params)
     assert str(info.value) == message
 
 
