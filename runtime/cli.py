@@ -183,7 +183,7 @@ def _read_prompt(prompt: Optional[str]) -> str:
 )
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
-    from runtime import cpu, engine, grammar, modes, templates, weights
+    from runtime import cpu, engine, grammar, modes, templates, variants, weights
     from runtime.listen import PortError
     from runtime.rpc_endpoints import RpcError, parse_endpoints
 
@@ -247,7 +247,7 @@ def main(**kw: Any) -> None:
     except (
         weights.WeightsError,
         engine.EngineError,
-        cpu.CpuError,
+        variants.CpuError,
         templates.TemplateError,
         grammar.GrammarError,
         PortError,

@@ -152,7 +152,7 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any
 
 
 def print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]] = None) -> None:
-    from runtime import cpu, engine, rpc
+    from runtime import cpu, engine, rpc, variants
 
     assert isinstance(choice, cpu.Choice)
     fingerprint = cpu.cpu_fingerprint().split()
@@ -173,7 +173,7 @@ def print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]]
     )
     flags = cpu.cpu_flags()
     click.echo("cpu features: " + " ".join(f for f in wanted if f in flags))
-    click.echo(f"variants shipped: {', '.join(sorted(cpu.available())) or 'none'}")
+    click.echo(f"variants shipped: {', '.join(sorted(variants.available())) or 'none'}")
     for name, why in choice.tried.items():
         click.echo(f"  {name}: {why}")
     click.echo(f"chosen: {choice.variant} ({choice.reason})")

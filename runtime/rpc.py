@@ -97,9 +97,9 @@ def ggml() -> _Ggml:
 
 def rpc_library() -> Path:
     """libggml-rpc.so: beside libllama, or in site-packages/bin with the CPU variants."""
-    from runtime import cpu
+    from runtime.variants import variant_dirs
 
-    for directory in cpu.variant_dirs():
+    for directory in variant_dirs():
         path = directory / "libggml-rpc.so"
         if path.exists():
             return path

@@ -110,6 +110,7 @@ def worker_main(argv: Sequence[str]) -> None:
     stderr and exit code 1 for every error, 130 for Ctrl-C.
     """
     from runtime import cpu, engine, settings
+    from runtime.variants import CpuError
 
     args = list(argv)
     threads = settings.default_threads()
@@ -137,7 +138,7 @@ def worker_main(argv: Sequence[str]) -> None:
         )
         sys.stderr.flush()
         serve_worker(host, port, threads, cache)
-    except (RpcError, cpu.CpuError, engine.EngineError, ValueError) as exc:
+    except (RpcError, CpuError, engine.EngineError, ValueError) as exc:
         sys.stderr.write(f"Error: {exc}\n")
         sys.exit(1)
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from runtime import cpu, selftest_model
+from runtime import cpu, selftest_model, variants
 from tests.conftest import run_pyz
 
 Probe = Callable[[Path, Path], tuple[bool, str]]
@@ -25,7 +25,7 @@ void *ggml_backend_init(void) { __builtin_trap(); return 0; }
 def compile_variant(directory: Path, name: str, source: str = CRASHING_VARIANT) -> Path:
     c_file = directory / f"{name}.c"
     c_file.write_text(source)
-    out = directory / f"{cpu.PREFIX}{name}.so"
+    out = directory / f"{variants.PREFIX}{name}.so"
     result = subprocess.run(
         ["cc", "-shared", "-fPIC", "-o", str(out), str(c_file)], capture_output=True, text=True
     )
@@ -53,9 +53,9 @@ def test_a_variant_that_dies_is_refused(probe: Probe, crashing: Path, selftest: 
 
 @pytest.mark.parametrize("probe", [cpu._probe_forked, cpu._probe_spawned])
 def test_a_working_variant_passes(probe: Probe, selftest: Path) -> None:
-    variants = cpu.available()
-    name = "x64" if "x64" in variants else sorted(variants)[0]
-    assert probe(variants[name], selftest) == (True, "ran the self-test")
+    shipped = variants.available()
+    name = "x64" if "x64" in shipped else sorted(shipped)[0]
+    assert probe(shipped[name], selftest) == (True, "ran the self-test")
 
 
 def test_the_file_skips_a_crashing_best_variant(tiny_pyz: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_pyz
 from test_server import Server
 
-from runtime import cpu
+from runtime import variants
 
 ARGS = ("-p", "ab", "-n", "4", "--temp", "0")
 
@@ -36,8 +36,8 @@ def test_a_one_shot_extracts_what_it_runs_and_one_variant(tiny_pyz: Path, tmp_pa
     info = run_pyz(tiny_pyz, "--system-info", env=env)
     lines = info.stdout.splitlines()
     name = next(line for line in lines if line.startswith("chosen: ")).split()[1]
-    on_disk = sorted(p.name for p in (site / "bin").glob(f"{cpu.PREFIX}*.so"))
-    assert on_disk == [f"{cpu.PREFIX}{name}.so"]
+    on_disk = sorted(p.name for p in (site / "bin").glob(f"{variants.PREFIX}*.so"))
+    assert on_disk == [f"{variants.PREFIX}{name}.so"]
     shipped = next(line for line in lines if line.startswith("variants shipped:"))
     assert len(shipped.split(",")) > 5, shipped  # all of them, though one is extracted
 
@@ -46,7 +46,7 @@ def test_a_one_shot_extracts_what_it_runs_and_one_variant(tiny_pyz: Path, tmp_pa
     forced = run_pyz(tiny_pyz, *ARGS, "--cpu-variant", other, env=env)
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout == first.stdout
-    assert (site / "bin" / f"{cpu.PREFIX}{other}.so").exists()
+    assert (site / "bin" / f"{variants.PREFIX}{other}.so").exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,119 @@
+"""Where the CPU backend variants lie: extracted beside llama.cpp's libraries, or still packed
+in the .pyz (a first start extracts only the one it chooses, `runtime.cpu`)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import zipfile
+from pathlib import Path
+
+PREFIX = "libggml-cpu-"
+
+
+class CpuError(Exception):
+    """No CPU variant can run here, or the one asked for does not exist."""
+
+
+def variant_dirs() -> list[Path]:
+    """Where the variant libraries may lie: beside libllama, or in site-packages/bin."""
+    import runtime.engine as engine
+
+    lib = engine.lib_dir()
+    return [lib, lib.parent.parent / "bin"]
+
+
+def available() -> dict[str, Path]:
+    """Variant name -> library path, for every variant shipped. A variant still packed in
+    the .pyz has the path it is extracted to once it is wanted (`extracted`)."""
+    found: dict[str, Path] = {}
+    for directory in variant_dirs():
+        if directory.is_dir():
+            for path in sorted(directory.glob(PREFIX + "*.so")):
+                found.setdefault(path.name[len(PREFIX) : -len(".so")], path)
+            for path in sorted(_packed(directory)):
+                found.setdefault(path.name[len(PREFIX) : -len(".so")], path)
+    return found
+
+
+def _packed(directory: Path) -> dict[Path, int]:
+    """The variants the first start left in the .pyz (boot.PACKED_VARIANTS): path -> size."""
+    from runtime.boot import PACKED_VARIANTS, VARIANT_MEMBER
+
+    try:
+        listing = json.loads((directory / PACKED_VARIANTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    folder = VARIANT_MEMBER.rsplit("/", 1)[0] + "/"
+    return {
+        directory / member[len(folder) :]: int(size)
+        for member, size in listing.items()
+        if isinstance(member, str)
+        and member.startswith(folder)
+        and "/" not in member[len(folder) :]
+    }
+
+
+def _packed_bytes(path: Path) -> bytes:
+    """A packed variant's library, read from the .pyz this process runs from."""
+    from runtime.boot import VARIANT_MEMBER, archive
+
+    pyz = archive()
+    if pyz is None:
+        raise CpuError(f"{path.name} is neither extracted nor in a .pyz")
+    member = VARIANT_MEMBER.rsplit("/", 1)[0] + "/" + path.name
+    try:
+        return _open_zip(pyz).read(member)
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise CpuError(f"cannot read {member} from {pyz} ({exc})") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _open_zip(pyz: Path) -> zipfile.ZipFile:
+    """The .pyz's zip, read once: its directory lists a few thousand files."""
+    return zipfile.ZipFile(pyz)
+
+
+def extracted(path: Path) -> Path:
+    """`path`, extracted from the .pyz first if the variant is still packed there."""
+    if path.exists():
+        return path
+    data = _packed_bytes(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)  # whole or not at all, even with another copy doing the same
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CpuError(f"cannot extract {path.name} to {path.parent} ({exc.strerror})") from None
+    return path
+
+
+def size(path: Path) -> int:
+    """The library's size, extracted or not."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return _packed(path.parent).get(path, 0)
+
+
+_memfds: list[int] = []
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """The variant's library, loaded from disk, or from memory while it is still packed."""
+    if path.exists():
+        return ctypes.CDLL(str(path))
+    fd = os.memfd_create(path.name)
+    # Left open: the dynamic loader knows a library by its path, and a closed fd's number
+    # (so its /proc path) would come back for the next variant.
+    _memfds.append(fd)
+    with open(fd, "wb", closefd=False) as fh:
+        fh.write(_packed_bytes(path))
+    return ctypes.CDLL(f"/proc/self/fd/{fd}")
