@@ -30,7 +30,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks --big
 
 lint: install
 	$(VENV)/bin/ruff check runtime packager tests benchmarks scripts
