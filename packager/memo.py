@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from runtime.jsonfile import write_atomic
+
 FORMAT = 1
 SETTLED_S = 2.0
 KEEP = 64  # entries; the oldest go first
@@ -64,11 +66,4 @@ def remember(
     files[identity(now)] = {"path": str(source), "sha256": sha256, "facts": facts}
     for old in list(files)[:-KEEP]:
         del files[old]
-    path = _path(cache)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    write_atomic(_path(cache), data)

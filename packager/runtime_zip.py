@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from packager.errors import PackError
+from runtime.jsonfile import write_atomic
 
 ENTRY_POINT = "runtime.cli:run"
 BOOT_MODULE = "_llamapyz_boot"
@@ -285,12 +286,7 @@ def _remember(cache: Path, stamp: str, rz: RuntimeZip) -> None:
         "cpu_variants": rz.cpu_variants,
         "pythons": rz.pythons,
     }
-    try:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    write_atomic(path, data)
 
 
 def _build(cache: Path, pythons: list[str]) -> RuntimeZip:

@@ -25,6 +25,7 @@ from typing import Optional
 
 from runtime import selftest_model
 from runtime.boot import cache_dir
+from runtime.jsonfile import write_atomic
 from runtime.variants import CpuError, available, extracted, load, size
 
 PROBE_TIMEOUT = 120
@@ -208,13 +209,7 @@ def _remember(key: str, choice: Choice) -> None:
         "reason": choice.reason,
         "tried": choice.tried,
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache we cannot write only costs a new self-test next time
+    write_atomic(path, data)
 
 
 def choose(forced: Optional[str] = None, fresh: bool = False) -> Choice:
