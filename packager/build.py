@@ -306,12 +306,7 @@ def build_pyz(
                 defaults=dict(defaults or {}),
             )
             base = out.tell()
-            with rz.path.open("rb") as zfh:
-                while True:
-                    block = zfh.read(CHUNK)
-                    if not block:
-                        break
-                    out.write(block)
+            _copy(rz.path, out, rz.path.stat().st_size, lambda n: None)
             with zipfile.ZipFile(_Shifted(out, base), "a") as zf:
                 zinfo = zipfile.ZipInfo(MANIFEST_NAME, date_time=runtime_zip.ZIP_EPOCH)
                 zinfo.external_attr = 0o100644 << 16
