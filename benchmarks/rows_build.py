@@ -135,27 +135,27 @@ def _time_rows(gguf: Path, name: str, samples: Samples) -> list[Row]:
         "busy_before_rep": samples.busy,
     }
     key = name.replace(" ", "")
+    kinds = [
+        (f"build_time_{key}", "pack build", samples.builds, {}),
+        (
+            f"rebuild_time_{key}",
+            "pack build again (sha256 remembered)",
+            samples.again,
+            {"rebuilds_that_hashed": samples.missed},
+        ),
+    ]
     return [
         Row(
-            key=f"build_time_{key}",
-            name=f"pack build vs cp, {name} GGUF",
+            key=row_key,
+            name=f"{label} vs cp, {name} GGUF",
             unit="s",
-            ours=[r.wall_s for r in samples.builds],
+            ours=[r.wall_s for r in runs],
             peer_name="cp",
             peer=[r.wall_s for r in samples.copies],
             goal=TIME_GOAL,
-            extra=extra,
-        ),
-        Row(
-            key=f"rebuild_time_{key}",
-            name=f"pack build again (sha256 remembered) vs cp, {name} GGUF",
-            unit="s",
-            ours=[r.wall_s for r in samples.again],
-            peer_name="cp",
-            peer=[r.wall_s for r in samples.copies],
-            goal=TIME_GOAL,
-            extra={**extra, "rebuilds_that_hashed": samples.missed},
-        ),
+            extra={**extra, **more},
+        )
+        for row_key, label, runs, more in kinds
     ]
 
 

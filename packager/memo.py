@@ -58,12 +58,13 @@ def remember(
         now = source.stat()
     except OSError:
         return
-    if identity(now) != identity(before) or time.time() - now.st_ctime < SETTLED_S:
+    key = identity(now)
+    if key != identity(before) or time.time() - now.st_ctime < SETTLED_S:
         return
     data = _load(cache)
     files: dict[str, Any] = data["files"]
-    files.pop(identity(now), None)
-    files[identity(now)] = {"path": str(source), "sha256": sha256, "facts": facts}
+    files.pop(key, None)  # put back last: the newest entries are kept
+    files[key] = {"path": str(source), "sha256": sha256, "facts": facts}
     for old in list(files)[:-KEEP]:
         del files[old]
     write_atomic(_path(cache), data)

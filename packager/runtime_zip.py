@@ -347,9 +347,12 @@ def _write(files: list[tuple[str, Path]], deferred_tops: list[str], target: Path
                 put(f"site-packages/{arc}", data, 0o755 if ".so" in arc else 0o644)
             for path, name in iter_package_files(bootstrap):
                 put(f"_bootstrap/{name}", path.read_bytes())
-            put(f"{BOOT_MODULE}.py", Path(runtime.boot.__file__).read_bytes())
+            boot = Path(runtime.boot.__file__).read_bytes()
             listing = json.dumps(deferred_tops, indent=1).encode()
-            contents.update(b"deferred\0" + listing)  # another split is another extraction
+            # The boot module decides what an extraction holds, and the listing what it
+            # leaves for later: another of either is another extraction.
+            contents.update(b"boot\0" + boot + b"deferred\0" + listing)
+            put(f"{BOOT_MODULE}.py", boot)
             put(runtime.boot.DEFERRED_LIST, listing)
             env = Environment(
                 built_at=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),

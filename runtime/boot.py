@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 ARCHIVE: Optional[Path] = None
-VARIANT_MEMBER = "site-packages/bin/libggml-cpu-"
-PACKED_VARIANTS = "packed-variants.json"  # in site-packages/bin: the variants left in the file
+VARIANT_FOLDER = "site-packages/bin/"
+VARIANT_PREFIX = "libggml-cpu-"
+PACKED_VARIANTS = "packed-variants.json"  # in VARIANT_FOLDER: file name -> size, left in the file
 DEFERRED_LIST = "deferred.json"  # at the zip's root: site-packages entries only a server needs
 DEFERRED_DONE = ".deferred-extracted"  # in site-packages, once those are extracted too
 
@@ -91,7 +92,7 @@ def python_tag() -> str:
 
 def _packed_variant(name: str) -> bool:
     """A CPU backend variant: left in the file until it is chosen (`runtime.cpu`)."""
-    return name.startswith(VARIANT_MEMBER) and name.endswith(".so")
+    return name.startswith(VARIANT_FOLDER + VARIANT_PREFIX) and name.endswith(".so")
 
 
 def _wanted(name: str) -> bool:
@@ -117,7 +118,7 @@ def _later(name: str, tops: set[str]) -> bool:
     return len(parts) > 2 and parts[1] in tops
 
 
-def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
+def _extract(zf: zipfile.ZipFile, env: Any, root: Path, tops: set[str]) -> Path:
     """Extract site-packages for this Python, as shiv would (same place, same lock, same
     atomic move), but without the compiled modules of the other Pythons the file carries,
     the CPU variants (`runtime.cpu` takes the one it needs) and the server's packages
@@ -137,12 +138,15 @@ def _extract(zf: zipfile.ZipFile, env: Any, root: Path) -> Path:
             return target
         try:
             members = zf.infolist()
-            tops = _deferred_tops(zf)
             now = [i for i in members if _wanted(i.filename) and not _later(i.filename, tops)]
             _extract_members(zf, now, tmp)
-            packed = {i.filename: i.file_size for i in members if _packed_variant(i.filename)}
+            packed = {
+                i.filename[len(VARIANT_FOLDER) :]: i.file_size
+                for i in members
+                if _packed_variant(i.filename)
+            }
             if packed:
-                listing = tmp / VARIANT_MEMBER.rsplit("/", 1)[0] / PACKED_VARIANTS
+                listing = tmp / VARIANT_FOLDER / PACKED_VARIANTS
                 listing.parent.mkdir(parents=True, exist_ok=True)
                 listing.write_text(json.dumps(packed, indent=1))
             if env.compile_pyc:
@@ -251,10 +255,9 @@ class _Deferred:
 _DEFERRED: Optional[_Deferred] = None
 
 
-def _defer(zf: zipfile.ZipFile, target: Path) -> None:
+def _defer(target: Path, tops: set[str]) -> None:
     global _DEFERRED
     site = target / "site-packages"
-    tops = _deferred_tops(zf)
     if tops and ARCHIVE is not None and not (site / DEFERRED_DONE).exists():
         _DEFERRED = _Deferred(ARCHIVE, site, tops)
         sys.meta_path.insert(0, _DEFERRED)
@@ -272,20 +275,21 @@ def main() -> None:
         chosen = os.environ.get("SHIV_ROOT")
         # One extraction per Python: each holds only its own compiled modules.
         root = Path(chosen) if chosen else cache_dir() / "runtimes" / python_tag()
+        tops = _deferred_tops(zf)
         why = _writable(root)
         if why is not None:
             root = _fall_back(why) / "runtimes" / python_tag()
         try:
-            target = _extract(zf, env, root)
+            target = _extract(zf, env, root, tops)
         except OSError as exc:
             if os.environ.get("LLAMAPYZ_CACHE", "").startswith(tempfile.gettempdir()) and why:
                 _die(f"{ARCHIVE}: cannot extract its runtime ({exc.strerror or exc})")
             root = _fall_back(exc.strerror or str(exc)) / "runtimes" / python_tag()
             try:
-                target = _extract(zf, env, root)
+                target = _extract(zf, env, root, tops)
             except OSError as again:
                 _die(f"{ARCHIVE}: cannot extract its runtime ({again.strerror or again})")
-        _defer(zf, target)
+        _defer(target, tops)
     if not chosen:
         os.environ["SHIV_ROOT"] = str(root)
         os.environ["LLAMAPYZ_SHIV_ROOT_SET"] = "1"

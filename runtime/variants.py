@@ -11,7 +11,9 @@ import os
 import zipfile
 from pathlib import Path
 
-PREFIX = "libggml-cpu-"
+from runtime.boot import PACKED_VARIANTS, VARIANT_FOLDER, VARIANT_PREFIX
+
+PREFIX = VARIANT_PREFIX
 
 
 class CpuError(Exception):
@@ -32,39 +34,34 @@ def available() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for directory in variant_dirs():
         if directory.is_dir():
-            for path in sorted(directory.glob(PREFIX + "*.so")):
-                found.setdefault(path.name[len(PREFIX) : -len(".so")], path)
-            for path in sorted(_packed(directory)):
+            for path in [*sorted(directory.glob(PREFIX + "*.so")), *sorted(_packed(directory))]:
                 found.setdefault(path.name[len(PREFIX) : -len(".so")], path)
     return found
 
 
+@functools.cache
 def _packed(directory: Path) -> dict[Path, int]:
-    """The variants the first start left in the .pyz (boot.PACKED_VARIANTS): path -> size."""
-    from runtime.boot import PACKED_VARIANTS, VARIANT_MEMBER
-
+    """The variants the first start left in the .pyz (boot.PACKED_VARIANTS): path -> size.
+    Read once: the listing does not change while a process runs."""
     try:
         listing = json.loads((directory / PACKED_VARIANTS).read_text())
-    except (OSError, ValueError):
+        return {
+            directory / name: int(size)
+            for name, size in listing.items()
+            if name.startswith(PREFIX) and "/" not in name
+        }
+    except (OSError, ValueError, AttributeError, TypeError):
         return {}
-    folder = VARIANT_MEMBER.rsplit("/", 1)[0] + "/"
-    return {
-        directory / member[len(folder) :]: int(size)
-        for member, size in listing.items()
-        if isinstance(member, str)
-        and member.startswith(folder)
-        and "/" not in member[len(folder) :]
-    }
 
 
 def _packed_bytes(path: Path) -> bytes:
     """A packed variant's library, read from the .pyz this process runs from."""
-    from runtime.boot import VARIANT_MEMBER, archive
+    from runtime.boot import archive
 
     pyz = archive()
     if pyz is None:
         raise CpuError(f"{path.name} is neither extracted nor in a .pyz")
-    member = VARIANT_MEMBER.rsplit("/", 1)[0] + "/" + path.name
+    member = VARIANT_FOLDER + path.name
     try:
         return _open_zip(pyz).read(member)
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
