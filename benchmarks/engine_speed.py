@@ -60,7 +60,9 @@ def main(argv: list[str]) -> None:
         int(argv[5]),
     )
     gen_prompt = argv[6] if len(argv) > 6 and argv[6] else GEN_PROMPT
-    from runtime import cpu, engine, settings, weights
+    from runtime.engine import cpu, settings
+    from runtime.engine import model as engine
+    from runtime.sources import resolve as weights
 
     engine.set_verbose(False)
     choice = cpu.choose(variant or None)

@@ -10,7 +10,7 @@ from benchmarks import synthetic
 from benchmarks.context import Context, bench_cache
 from benchmarks.procs import Run, run, warm_page_cache
 from benchmarks.table import MB, Goal, Row
-from runtime.boot import cache_dir
+from runtime.file.boot import cache_dir
 
 MAX_TRIES = 3
 TIME_GOAL = Goal("<=", 1.2, on_ratio=True)

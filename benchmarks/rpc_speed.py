@@ -17,9 +17,11 @@ from engine_speed import GEN_PROMPT  # type: ignore[import-not-found]
 
 
 def main(argv: list[str]) -> None:
-    from runtime import cpu, engine, rpc
-    from runtime.rpc_endpoints import parse_endpoints
-    from runtime.weights import from_path
+    from runtime.engine import cpu
+    from runtime.engine import model as engine
+    from runtime.rpc import client as rpc
+    from runtime.rpc.endpoints import parse_endpoints
+    from runtime.sources.resolve import from_path
 
     model, threads, n, reps = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     endpoints = argv[4] if len(argv) > 4 and argv[4] != "-" else ""

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Callable, Optional
 from packager import memo, runtime_zip
 from packager.errors import PackError
 from packager.gguf_facts import check_magic, read_facts
-from runtime.archive import (
+from runtime.file.archive import (
     ALIGNMENT,
     CHUNK,
     MANIFEST_NAME,
@@ -32,7 +32,7 @@ from runtime.archive import (
     preamble,
     write_padding,
 )
-from runtime.boot import cache_dir
+from runtime.file.boot import cache_dir
 
 PROGRESS_MIN_BYTES = 256 * 1024 * 1024
 

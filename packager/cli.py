@@ -79,7 +79,7 @@ def build(
         output = source.default_output if source and source.default_output else Path("llamapyz.pyz")
     defaults = {}
     if chat_template:
-        from runtime import templates
+        from runtime.chat import templates
 
         try:
             defaults["chat_template"] = templates.baked(chat_template)
@@ -115,8 +115,8 @@ def _count(n: object) -> str:
 def _default_args(implied: list[str], args_file: Optional[Path], extra: list[str]) -> list[str]:
     """The file's default arguments: the model's own, an .args file's, then those after `--`;
     checked against the runtime's flags now, so that a typo fails the build, not every run."""
-    from runtime import argsfile
     from runtime.cli import main
+    from runtime.sources import argsfile
 
     args = list(implied)
     if args_file is not None:
@@ -140,7 +140,7 @@ def list_ollama() -> None:
     from datetime import datetime
 
     from packager.build import human
-    from runtime import ollama
+    from runtime.sources import ollama
 
     try:
         models = ollama.list_models()
@@ -157,7 +157,7 @@ def list_ollama() -> None:
 
 
 def _manifest(pyz: Path) -> object:
-    from runtime.archive import ArchiveError, read_manifest
+    from runtime.file.archive import ArchiveError, read_manifest
 
     try:
         return read_manifest(pyz)
@@ -171,7 +171,7 @@ def _manifest(pyz: Path) -> object:
 def inspect(pyz: Path, as_json: bool) -> None:
     """Show what a .pyz holds, without running it."""
     from packager.build import human
-    from runtime.archive import Manifest
+    from runtime.file.archive import Manifest
 
     manifest = _manifest(pyz)
     assert isinstance(manifest, Manifest)
@@ -209,7 +209,7 @@ def inspect(pyz: Path, as_json: bool) -> None:
 @click.argument("pyz", type=click.Path(path_type=Path))
 def verify(pyz: Path) -> None:
     """Recompute the weights' sha256 and compare it with the manifest."""
-    from runtime.archive import ArchiveError, Manifest, hash_range
+    from runtime.file.archive import ArchiveError, Manifest, hash_range
 
     manifest = _manifest(pyz)
     assert isinstance(manifest, Manifest)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from runtime.jsonfile import write_atomic
+from runtime.file.jsonfile import write_atomic
 
 FORMAT = 1
 SETTLED_S = 2.0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from packager.errors import PackError
-from runtime.jsonfile import write_atomic
+from runtime.file.jsonfile import write_atomic
 
 ENTRY_POINT = "runtime.cli:run"
 BOOT_MODULE = "_llamapyz_boot"
@@ -31,7 +31,7 @@ MAIN_PY = f"import {BOOT_MODULE}\n{BOOT_MODULE}.main()\n"
 # llama-cpp-python's: numpy and diskcache serve only its high-level modules) come along.
 CORE_ROOTS = ("click", "llama_cpp_python", "typing_extensions", "jinja2")
 # Only `--server` imports these: a .pyz extracts them the first time one is imported
-# (runtime/boot.py, DEFERRED_LIST), so a first one-shot or chat start skips most files.
+# (runtime/file/boot.py, DEFERRED_LIST), so a first one-shot or chat start skips most files.
 SERVER_ROOTS = ("fastapi", "uvicorn", "sse_starlette")
 ROOTS = CORE_ROOTS + SERVER_ROOTS
 NOT_FOLLOWED = {"llama_cpp_python"}
@@ -208,7 +208,7 @@ def _key(files: list[tuple[str, Path]]) -> str:
     for arc, src in files:
         st = src.stat()
         h.update(f"{arc}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    boot = Path(__file__).resolve().parent.parent / "runtime" / "boot.py"
+    boot = Path(__file__).resolve().parent.parent / "runtime" / "file" / "boot.py"
     h.update(boot.read_bytes())
     return h.hexdigest()[:20]
 
@@ -328,7 +328,7 @@ def _write(files: list[tuple[str, Path]], deferred_tops: list[str], target: Path
     from shiv.bootstrap.environment import Environment
     from shiv.builder import iter_package_files
 
-    import runtime.boot
+    import runtime.file.boot
 
     contents = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".runtime-")
@@ -347,13 +347,13 @@ def _write(files: list[tuple[str, Path]], deferred_tops: list[str], target: Path
                 put(f"site-packages/{arc}", data, 0o755 if ".so" in arc else 0o644)
             for path, name in iter_package_files(bootstrap):
                 put(f"_bootstrap/{name}", path.read_bytes())
-            boot = Path(runtime.boot.__file__).read_bytes()
+            boot = Path(runtime.file.boot.__file__).read_bytes()
             listing = json.dumps(deferred_tops, indent=1).encode()
             # The boot module decides what an extraction holds, and the listing what it
             # leaves for later: another of either is another extraction.
             contents.update(b"boot\0" + boot + b"deferred\0" + listing)
             put(f"{BOOT_MODULE}.py", boot)
-            put(runtime.boot.DEFERRED_LIST, listing)
+            put(runtime.file.boot.DEFERRED_LIST, listing)
             env = Environment(
                 built_at=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                 shiv_version=metadata.version("shiv"),

@@ -35,8 +35,8 @@ def from_spec(spec: str) -> BuildInput:
 
 def from_ollama(name: str) -> BuildInput:
     """An Ollama model: its GGUF blob (sha256 checked), params and system prompt as defaults."""
-    from runtime import ollama
-    from runtime.ollama_params import default_flags
+    from runtime.sources import ollama
+    from runtime.sources.ollama_params import default_flags
 
     try:
         model = ollama.resolve(name, verify=True, verify_model=False)

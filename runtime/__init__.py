@@ -1,3 +1,4 @@
-"""What runs inside a llamapyz .pyz: the CLI, the engine over llama.cpp, the file layout."""
+"""What runs inside a llamapyz .pyz: the front door (`cli`, `options`, `modes`) at the top, one
+package per job beneath it (file, sources, engine, chat, serve, rpc)."""
 
 __version__ = "0.1.0"

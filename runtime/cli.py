@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import click
 
-from runtime import settings
-from runtime.boot import archive
+from runtime.engine import settings
+from runtime.file.boot import archive
 from runtime.options import Options
 
 
@@ -183,9 +183,13 @@ def _read_prompt(prompt: Optional[str]) -> str:
 )
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
-    from runtime import cpu, engine, grammar, modes, templates, variants, weights
-    from runtime.listen import PortError
-    from runtime.rpc_endpoints import RpcError, parse_endpoints
+    from runtime import modes
+    from runtime.chat import templates
+    from runtime.engine import cpu, grammar, variants
+    from runtime.engine import model as engine
+    from runtime.rpc.endpoints import RpcError, parse_endpoints
+    from runtime.serve.listen import PortError
+    from runtime.sources import resolve as weights
 
     opts = Options(**kw)
     try:
@@ -275,7 +279,7 @@ def _file_args() -> list[str]:
     found = archive()
     if found is None:
         return []
-    from runtime.archive import ArchiveError, read_manifest
+    from runtime.file.archive import ArchiveError, read_manifest
 
     try:
         return read_manifest(found).args
@@ -285,7 +289,7 @@ def _file_args() -> list[str]:
 
 def run() -> None:
     """Entry point inside a .pyz (and for `python -m runtime`)."""
-    from runtime.argsfile import merge
+    from runtime.sources.argsfile import merge
 
     if os.environ.pop("LLAMAPYZ_SHIV_ROOT_SET", None):
         os.environ.pop("SHIV_ROOT", None)

@@ -9,13 +9,13 @@ from typing import Any, Optional
 
 import click
 
-from runtime import settings
-from runtime.boot import archive
+from runtime.engine import settings
+from runtime.file.boot import archive
 from runtime.options import Options
 
 
 def grammar_for(opts: Options) -> Optional[str]:
-    from runtime import grammar
+    from runtime.engine import grammar
 
     if opts.grammar_file:
         return grammar.from_file(opts.grammar_file)
@@ -25,7 +25,7 @@ def grammar_for(opts: Options) -> Optional[str]:
 
 
 def complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) -> None:
-    from runtime.stops import StopFilter
+    from runtime.chat.stops import StopFilter
 
     out = sys.stdout
     stops = StopFilter(opts.stop)
@@ -40,7 +40,8 @@ def complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) ->
 
 
 def chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
-    from runtime import chat, templates
+    from runtime.chat import conversation as chat
+    from runtime.chat import templates
 
     fmt = templates.choose(llm, opts.chat_template, baked_template())
     click.echo(fmt.notice(), err=True)
@@ -59,7 +60,7 @@ def baked_template() -> Optional[dict[str, str]]:
     found = archive()
     if found is None:
         return None
-    from runtime.archive import ArchiveError, read_manifest
+    from runtime.file.archive import ArchiveError, read_manifest
 
     try:
         value = read_manifest(found).defaults.get("chat_template")
@@ -69,7 +70,7 @@ def baked_template() -> Optional[dict[str, str]]:
 
 
 def bind(opts: Options) -> Any:
-    from runtime import listen
+    from runtime.serve import listen
 
     return listen.bind(opts.host, opts.port)
 
@@ -77,7 +78,9 @@ def bind(opts: Options) -> Any:
 def serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any) -> None:
     import time
 
-    from runtime import server, service, templates
+    from runtime.chat import templates
+    from runtime.serve import app as server
+    from runtime.serve import service
 
     fmt = templates.choose(llm, opts.chat_template, baked_template())
     click.echo(fmt.notice(), err=True)
@@ -106,8 +109,8 @@ def serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], soc
 
 
 def clean_cache() -> None:
-    from runtime import cleanup
-    from runtime.boot import cache_dir
+    from runtime.file import cleanup
+    from runtime.file.boot import cache_dir
 
     removed, freed, left = cleanup.clean()
     click.echo(
@@ -118,7 +121,7 @@ def clean_cache() -> None:
 
 
 def rpc_worker(opts: Options) -> None:
-    from runtime.rpc_worker import worker_main
+    from runtime.rpc.worker import worker_main
 
     endpoint = opts.rpc_worker or ""
     if ":" not in endpoint:  # a port alone: loopback, since the protocol has no authentication
@@ -128,8 +131,8 @@ def rpc_worker(opts: Options) -> None:
 
 def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any:
     """How the model is split over the RPC workers (and this machine, with --rpc-local)."""
-    from runtime import rpc
-    from runtime.rpc_endpoints import RpcError
+    from runtime.rpc import client as rpc
+    from runtime.rpc.endpoints import RpcError
 
     devices = rpc.add_servers(endpoints)
     weights = None
@@ -152,7 +155,9 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any
 
 
 def print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]] = None) -> None:
-    from runtime import cpu, engine, rpc, variants
+    from runtime.engine import cpu, variants
+    from runtime.engine import model as engine
+    from runtime.rpc import client as rpc
 
     assert isinstance(choice, cpu.Choice)
     fingerprint = cpu.cpu_fingerprint().split()

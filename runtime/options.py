@@ -48,7 +48,7 @@ class Options:
     verbose: bool
 
     def sampling(self, grammar: Optional[str] = None) -> Any:
-        from runtime.engine import Sampling
+        from runtime.engine.model import Sampling
 
         return Sampling(
             grammar=grammar,

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_smollm2  # noqa: E402
 
-from runtime import selftest_model  # noqa: E402
+from runtime.engine import selftest_model  # noqa: E402
 
 PACK = str(Path(sys.executable).parent / "pack")
 WORDS = [*selftest_model.WORDS, "home"]

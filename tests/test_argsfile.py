@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from runtime.argsfile import ArgsError, merge, parse_args_text
+from runtime.sources.argsfile import ArgsError, merge, parse_args_text
 
 # (text, words, a POSIX shell splits it the same way). The shell comparison is left out where
 # the text spans lines outside quotes (a newline ends a shell command) or holds `~`/`*`/`?`,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import PACK, assert_clean_error, pack
 
-from runtime.archive import ALIGNMENT, MANIFEST_NAME, preamble
+from runtime.file.archive import ALIGNMENT, MANIFEST_NAME, preamble
 
 
 def leftovers(directory: Path) -> list[str]:

@@ -11,7 +11,7 @@ import pexpect
 import pytest
 from conftest import assert_clean_error, run_pyz, write_tiny_gguf
 
-from runtime.stops import StopFilter
+from runtime.chat.stops import StopFilter
 
 
 def spawn(pyz: Path, *args: str) -> pexpect.spawn:
@@ -97,12 +97,13 @@ def test_chat_template_override_and_unknown_name(tiny_pyz: Path, tmp_path: Path)
 
 
 def test_template_found_from_chat_tokens(tmp_path: Path) -> None:
-    from runtime import engine, templates
+    from runtime.chat import templates
+    from runtime.engine import model as engine
 
     gguf = write_tiny_gguf(tmp_path / "m.gguf", extra_tokens=["<|im_start|>", "<|im_end|>"])
     engine.set_verbose(False)
-    from runtime import cpu
-    from runtime.weights import ModelSource
+    from runtime.engine import cpu
+    from runtime.sources.resolve import ModelSource
 
     engine.start_backend(cpu.choose().path)
     with engine.Model(ModelSource(gguf, 0, gguf.stat().st_size, "m"), n_ctx=128) as m:

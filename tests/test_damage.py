@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_clean_error, pack, run_pyz
 
-from runtime.archive import ALIGNMENT, MANIFEST_NAME
+from runtime.file.archive import ALIGNMENT, MANIFEST_NAME
 
 
 def copy_cut(src: Path, dst: Path, size: int) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runtime import engine
+from runtime.engine import model as engine
 
 # name -> number of arguments, as the engine calls them
 USED = {
@@ -46,7 +46,7 @@ def test_bindings_have_the_functions_and_arities_we_call() -> None:
 def test_bindings_load_without_numpy() -> None:
     # The .pyz carries no numpy: importing the bindings must not run llama_cpp/__init__.py.
     code = (
-        "import sys; from runtime import engine; engine.bindings(); "
+        "import sys; from runtime.engine import model as engine; engine.bindings(); "
         "print('numpy' in sys.modules, 'llama_cpp.llama' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -62,7 +62,7 @@ def test_openmp_comes_from_the_bundle_when_the_system_lacks_it(tiny_pyz: object)
     with zipfile.ZipFile(tiny_pyz) as zf:
         assert "site-packages/llama_cpp/lib/libgomp.so.1" in zf.namelist()
     # Inside the file's own runtime, pretend the system has no libgomp.
-    code = "from runtime import engine; print(engine.load_openmp('libgomp-not-installed.so.1'))"
+    code = "from runtime.engine import model as engine; print(engine.load_openmp('libgomp-not-installed.so.1'))"
     out = subprocess.run(
         [sys.executable, str(tiny_pyz)],
         input=code,

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_pyz
 from test_server import Server
 
-from runtime import variants
+from runtime.engine import variants
 
 ARGS = ("-p", "ab", "-n", "4", "--temp", "0")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.llamafile import LlamafileError, find_gguf_member
+from runtime.sources.llamafile import LlamafileError, find_gguf_member
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a llamafile starts with: an executable (here a few bytes of one), then its zip.
@@ -167,9 +167,10 @@ def test_not_a_zip(tmp_path: Path, tiny_gguf: Path) -> None:
 GENERATE = """
 import sys
 from pathlib import Path
-from runtime import cpu, engine
-from runtime.llamafile import find_gguf_member
-from runtime.weights import ModelSource
+from runtime.engine import cpu
+from runtime.engine import model as engine
+from runtime.sources.llamafile import find_gguf_member
+from runtime.sources.resolve import ModelSource
 
 engine.set_verbose(False)
 engine.start_backend(cpu.choose().path)

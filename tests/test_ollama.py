@@ -1,4 +1,4 @@
-"""Ollama's model store, laid out exactly as `ollama pull` writes it, read by runtime.ollama."""
+"""Ollama's model store, laid out exactly as `ollama pull` writes it, read by runtime.sources.ollama."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 import pytest
 
-from runtime import ollama
-from runtime.ollama import ModelRef, OllamaError
-from runtime.ollama_params import params_to_flags
+from runtime.sources import ollama
+from runtime.sources.ollama import ModelRef, OllamaError
+from runtime.sources.ollama_params import params_to_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDIA = "application/vnd.ollama.image."
@@ -619,8 +619,10 @@ def test_params_with_bad_values(params: dict[str, Any], message: str) -> None:
 GENERATE = """
 import sys
 from pathlib import Path
-from runtime import cpu, engine, ollama
-from runtime.weights import ModelSource
+from runtime.engine import cpu
+from runtime.engine import model as engine
+from runtime.sources import ollama
+from runtime.sources.resolve import ModelSource
 
 engine.set_verbose(False)
 engine.start_backend(cpu.choose().path)

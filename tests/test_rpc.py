@@ -1,6 +1,6 @@
 """llama.cpp's RPC backend: real workers and clients as processes on 127.0.0.1.
 
-Workers run `runtime.rpc_worker.worker_main` (ggml's own RPC server) in child processes; clients are
+Workers run `runtime.rpc.worker.worker_main` (ggml's own RPC server) in child processes; clients are
 child processes that load a model through `engine.Model` with its layers offloaded to them.
 Until the engine takes an offload plan itself, the client script applies `rpc.Offload` to the
 llama_model_params the engine passes to llama.cpp's load function (see CLIENT).
@@ -23,8 +23,11 @@ from typing import Optional
 import pytest
 from conftest import assert_clean_error
 
-from runtime import rpc, rpc_endpoints, rpc_protocol, rpc_worker
-from runtime.rpc_endpoints import RpcError
+from runtime.rpc import client as rpc
+from runtime.rpc import endpoints as rpc_endpoints
+from runtime.rpc import protocol as rpc_protocol
+from runtime.rpc import worker as rpc_worker
+from runtime.rpc.endpoints import RpcError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "the quick brown fox"
@@ -38,9 +41,11 @@ CLIENT = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from runtime import cpu, engine, rpc
-from runtime.rpc_endpoints import RpcError, parse_endpoints
-from runtime.weights import ModelSource
+from runtime.engine import cpu
+from runtime.engine import model as engine
+from runtime.rpc import client as rpc
+from runtime.rpc.endpoints import RpcError, parse_endpoints
+from runtime.sources.resolve import ModelSource
 
 model, spec, mode, n_predict = Path(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 verbose, pause = "verbose" in mode, "pause" in mode
@@ -87,7 +92,7 @@ def free_port() -> int:
 
 
 def worker_command(address: str, *extra: str) -> list[str]:
-    code = f"from runtime import rpc_worker; rpc_worker.worker_main({[address, *extra]!r})"
+    code = f"from runtime.rpc import worker; worker.worker_main({[address, *extra]!r})"
     return [sys.executable, "-c", code]
 
 
@@ -276,7 +281,7 @@ def test_worker_gone_between_check_and_connect_is_one_line(tmp_path: Path) -> No
     """The safety net behind check_endpoint: ggml-rpc's own abort becomes one line."""
     port = free_port()
     code = (
-        "from runtime import cpu, engine, rpc\n"
+        "from runtime.engine import cpu, model as engine\nfrom runtime.rpc import client as rpc\n"
         "engine.set_verbose(False)\n"
         "engine.start_backend(cpu.choose().path)\n"
         "rpc._install_abort_message()\n"  # what add_servers does before ggml connects
@@ -502,7 +507,7 @@ def test_plan_offload_refuses(
 def test_apply_to_params_sets_the_fields(tiny_gguf: Path) -> None:
     import ctypes
 
-    from runtime import engine
+    from runtime.engine import model as engine
 
     C = engine.bindings()
     params = C.llama_model_default_params()

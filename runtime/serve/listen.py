@@ -1,6 +1,6 @@
 """The server's listening socket, taken before the model loads so that a busy port fails fast.
 
-Kept apart from `runtime.server` so that the command line can name its error without
+Kept apart from `runtime.serve.app` so that the command line can name its error without
 importing FastAPI on every start.
 """
 

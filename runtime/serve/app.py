@@ -20,8 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime import grammar, replies, templates
-from runtime.openai_models import (
+from runtime.chat import templates
+from runtime.engine import grammar
+from runtime.serve import replies
+from runtime.serve.openai_models import (
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -29,7 +31,7 @@ from runtime.openai_models import (
     EmbeddingRequest,
     GenerationFields,
 )
-from runtime.service import Job, Service
+from runtime.serve.service import Job, Service
 
 WEB = Path(__file__).parent / "web"
 

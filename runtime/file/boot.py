@@ -91,7 +91,7 @@ def python_tag() -> str:
 
 
 def _packed_variant(name: str) -> bool:
-    """A CPU backend variant: left in the file until it is chosen (`runtime.cpu`)."""
+    """A CPU backend variant: left in the file until it is chosen (`runtime.engine.cpu`)."""
     return name.startswith(VARIANT_FOLDER + VARIANT_PREFIX) and name.endswith(".so")
 
 
@@ -121,7 +121,7 @@ def _later(name: str, tops: set[str]) -> bool:
 def _extract(zf: zipfile.ZipFile, env: Any, root: Path, tops: set[str]) -> Path:
     """Extract site-packages for this Python, as shiv would (same place, same lock, same
     atomic move), but without the compiled modules of the other Pythons the file carries,
-    the CPU variants (`runtime.cpu` takes the one it needs) and the server's packages
+    the CPU variants (`runtime.engine.cpu` takes the one it needs) and the server's packages
     (`_Deferred` extracts those when one is first imported)."""
     import compileall
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from runtime.archive import GGUF_MAGIC, MANIFEST_NAME, ArchiveError, read_manifest
+from runtime.file.archive import GGUF_MAGIC, MANIFEST_NAME, ArchiveError, read_manifest
 
 DIGEST = re.compile(r"sha256[-:][0-9a-fA-F]{64}")
 # What an Ollama name looks like when it is not a file: `name:tag`, `ns/name[:tag]`, …
@@ -55,7 +55,7 @@ def embedded(pyz: Path) -> ModelSource:
 
 def _zip_model(path: Path, spec: str) -> ModelSource:
     """A .pyz's embedded weights, or a llamafile's stored GGUF member."""
-    from runtime import llamafile
+    from runtime.sources import llamafile
 
     with zipfile.ZipFile(path) as zf:
         ours = MANIFEST_NAME in zf.namelist()
@@ -97,8 +97,8 @@ def from_path(spec: str) -> ModelSource:
 
 def from_ollama(name: str, verify: bool = False) -> ModelSource:
     """An Ollama model by name, its params and system prompt as default flags."""
-    from runtime import ollama
-    from runtime.ollama_params import default_flags
+    from runtime.sources import ollama
+    from runtime.sources.ollama_params import default_flags
 
     try:
         model = ollama.resolve(name, verify=verify)
@@ -118,7 +118,7 @@ def from_ollama(name: str, verify: bool = False) -> ModelSource:
 
 
 def from_digest(spec: str) -> ModelSource:
-    from runtime import ollama
+    from runtime.sources import ollama
 
     try:
         return ollama.resolve_digest(spec)

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from runtime import selftest_model
-from runtime.boot import cache_dir
-from runtime.jsonfile import write_atomic
-from runtime.variants import CpuError, available, extracted, load, size
+from runtime.engine import selftest_model
+from runtime.engine.variants import CpuError, available, extracted, load, size
+from runtime.file.boot import cache_dir
+from runtime.file.jsonfile import write_atomic
 
 PROBE_TIMEOUT = 120
 PROBE_CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from runtime.cpu import probe_main; probe_main(sys.argv[2:])"
+    "from runtime.engine.cpu import probe_main; probe_main(sys.argv[2:])"
 )
 CHOICE_FORMAT = 1
 
@@ -77,7 +77,7 @@ def _signal_name(code: int) -> str:
 
 
 def _site_dir() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])  # runtime/engine/cpu.py
 
 
 def score(path: Path) -> int:
@@ -88,7 +88,7 @@ def score(path: Path) -> int:
     """
     import ctypes
 
-    import runtime.engine as engine
+    from runtime.engine import model as engine
 
     engine.bindings()  # loads libggml-base, which the variants link to
     try:
@@ -294,8 +294,8 @@ def probe_main(args: list[str]) -> None:
 
 def _self_test(variant: Path, model: Path) -> int:
     """In the child: load one variant and run the self-test model; write ok to fd 1."""
-    import runtime.engine as engine
-    from runtime.weights import ModelSource
+    from runtime.engine import model as engine
+    from runtime.sources.resolve import ModelSource
 
     engine.set_verbose(False)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from runtime.rpc_endpoints import RpcError, format_endpoint, ipv4_address
+from runtime.rpc.endpoints import RpcError, format_endpoint, ipv4_address
 
 # What this runtime's libggml-rpc speaks (ggml/include/ggml-rpc.h); tests/test_rpc.py checks
 # that a worker started from the same library says the same in its HELLO.

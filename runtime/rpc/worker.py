@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from runtime import rpc
-from runtime.rpc_endpoints import (
+from runtime.rpc import client as rpc
+from runtime.rpc.endpoints import (
     RpcError,
     exposure_warning,
     format_endpoint,
@@ -78,7 +78,7 @@ def serve_worker(host: str, port: int, threads: int, cache_dir: Optional[Path] =
     copies of large tensors, so a client that sends the same model again sends only hashes.
     Raises RpcError when it cannot listen or the server stops.
     """
-    from runtime.boot import cache_dir as default_cache
+    from runtime.file.boot import cache_dir as default_cache
 
     endpoint = format_endpoint(host, port)
     address = check_listen(host, port)
@@ -106,11 +106,12 @@ def serve_worker(host: str, port: int, threads: int, cache_dir: Optional[Path] =
 def worker_main(argv: Sequence[str]) -> None:
     """`HOST:PORT [--threads N] [--cache DIR]`: start a worker as the command line would.
 
-    For tests and `python -c "from runtime import rpc_worker; rpc_worker.worker_main([...])"`: one line on
+    For tests and `python -c "from runtime.rpc import worker; worker.worker_main([...])"`: one line on
     stderr and exit code 1 for every error, 130 for Ctrl-C.
     """
-    from runtime import cpu, engine, settings
-    from runtime.variants import CpuError
+    from runtime.engine import cpu, settings
+    from runtime.engine import model as engine
+    from runtime.engine.variants import CpuError
 
     args = list(argv)
     threads = settings.default_threads()

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from runtime.rpc_endpoints import MAX_SERVERS, RpcError, format_endpoint
-from runtime.rpc_protocol import CHECK_TIMEOUT, check_endpoint
+from runtime.rpc.endpoints import MAX_SERVERS, RpcError, format_endpoint
+from runtime.rpc.protocol import CHECK_TIMEOUT, check_endpoint
 
 _DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "accelerator", 4: "meta"}
 
@@ -49,7 +49,7 @@ class _Ggml:
     """libggml (the registry) and libggml-base (devices, abort), with the signatures we call."""
 
     def __init__(self) -> None:
-        from runtime import engine
+        from runtime.engine import model as engine
 
         engine.bindings()  # loads libllama, and with it the libggml it links to
         reg = ctypes.CDLL(str(engine.ggml_library()))
@@ -97,7 +97,7 @@ def ggml() -> _Ggml:
 
 def rpc_library() -> Path:
     """libggml-rpc.so: beside libllama, or in site-packages/bin with the CPU variants."""
-    from runtime.variants import variant_dirs
+    from runtime.engine.variants import variant_dirs
 
     for directory in variant_dirs():
         path = directory / "libggml-rpc.so"
@@ -189,7 +189,7 @@ class Offload:
         the load (it copies tensor_split, and the device list into the model) but keeps the
         dangling pointers in the model's params: hold this object as long as the model.
         """
-        from runtime import engine
+        from runtime.engine import model as engine
 
         params.devices = ctypes.cast(self.devices, ctypes.c_void_p).value
         params.n_gpu_layers = self.n_gpu_layers
@@ -418,7 +418,7 @@ def _install_abort_message() -> None:
         if line is None and _previous_abort is not None:
             _previous_abort(raw)
             line = f"Error: llama.cpp stopped ({message})"  # the previous one did not exit
-        from runtime import backend
+        from runtime.engine import backend
 
         text = line or f"Error: llama.cpp stopped ({message})"
         backend.fatal(text[len("Error: ") :] if text.startswith("Error: ") else text)

@@ -52,7 +52,7 @@ class ChatFormat:
 
 
 def builtin_names() -> list[str]:
-    from runtime.engine import bindings
+    from runtime.engine.model import bindings
 
     C = bindings()
     n = int(C.llama_chat_builtin_templates(None, 0))
@@ -125,7 +125,7 @@ def render(fmt: ChatFormat, messages: list[Message], model: Any) -> str:
 
 
 def _render_builtin(name: str, messages: list[Message]) -> str:
-    from runtime.engine import bindings
+    from runtime.engine.model import bindings
 
     C = bindings()
     keep = [(m["role"].encode(), m["content"].encode()) for m in messages]

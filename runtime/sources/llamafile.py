@@ -7,10 +7,10 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from runtime.archive import GGUF_MAGIC
+from runtime.file.archive import GGUF_MAGIC
 
 if TYPE_CHECKING:
-    from runtime.weights import ModelSource
+    from runtime.sources.resolve import ModelSource
 
 LOCAL_HEADER = b"PK\x03\x04"
 LOCAL_HEADER_SIZE = 30
@@ -46,8 +46,8 @@ def _choose(path: Path, members: list[zipfile.ZipInfo]) -> Optional[zipfile.ZipI
 
 def find_gguf_member(path: Path) -> Optional[ModelSource]:
     """Where the GGUF stored in the zip at `path` lies in the file; None if the zip has none."""
-    # Imported here so that runtime.weights may import this module at its top.
-    from runtime.weights import ModelSource
+    # Imported here so that runtime.sources.resolve may import this module at its top.
+    from runtime.sources.resolve import ModelSource
 
     try:
         with zipfile.ZipFile(path) as zf:

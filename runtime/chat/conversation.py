@@ -7,8 +7,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Optional, TextIO
 
-from runtime import templates
-from runtime.stops import StopFilter
+from runtime.chat import templates
+from runtime.chat.stops import StopFilter
 
 HELP = """commands:
   /reset    forget the conversation (the system prompt stays)

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from runtime.boot import cache_dir
+from runtime.file.boot import cache_dir
 
 
 def size_of(path: Path) -> int:
@@ -17,7 +17,7 @@ def size_of(path: Path) -> int:
 
 def current_extraction() -> Optional[Path]:
     """The extraction this process runs from (…/runtimes/cpXY/NAME_BUILD), if any."""
-    extraction = Path(__file__).resolve().parents[2]  # runtime/cleanup.py, site-packages
+    extraction = Path(__file__).resolve().parents[3]  # runtime/file/cleanup.py, site-packages
     return extraction if extraction.parent.parent.name == "runtimes" else None
 
 

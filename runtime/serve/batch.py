@@ -12,9 +12,9 @@ import codecs
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from runtime.engine import EngineError
-from runtime.service import Job
-from runtime.stops import StopFilter
+from runtime.chat.stops import StopFilter
+from runtime.engine.model import EngineError
+from runtime.serve.service import Job
 
 
 @dataclass

@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 
-from runtime.openai_models import APIError
-from runtime.service import Busy, Job, Lost, Service
+from runtime.serve.openai_models import APIError
+from runtime.serve.service import Busy, Job, Lost, Service
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ async def _next(
 
 
 def _raise(exc: Exception) -> None:
-    from runtime.engine import EngineError
+    from runtime.engine.model import EngineError
 
     if isinstance(exc, Lost):
         raise APIError(503, f"the model cannot run: {exc}", "engine_lost") from None

@@ -1,5 +1,5 @@
 """Where the CPU backend variants lie: extracted beside llama.cpp's libraries, or still packed
-in the .pyz (a first start extracts only the one it chooses, `runtime.cpu`)."""
+in the .pyz (a first start extracts only the one it chooses, `runtime.engine.cpu`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from runtime.boot import PACKED_VARIANTS, VARIANT_FOLDER, VARIANT_PREFIX
+from runtime.file.boot import PACKED_VARIANTS, VARIANT_FOLDER, VARIANT_PREFIX
 
 PREFIX = VARIANT_PREFIX
 
@@ -22,7 +22,7 @@ class CpuError(Exception):
 
 def variant_dirs() -> list[Path]:
     """Where the variant libraries may lie: beside libllama, or in site-packages/bin."""
-    import runtime.engine as engine
+    from runtime.engine import model as engine
 
     lib = engine.lib_dir()
     return [lib, lib.parent.parent / "bin"]
@@ -56,7 +56,7 @@ def _packed(directory: Path) -> dict[Path, int]:
 
 def _packed_bytes(path: Path) -> bytes:
     """A packed variant's library, read from the .pyz this process runs from."""
-    from runtime.boot import archive
+    from runtime.file.boot import archive
 
     pyz = archive()
     if pyz is None:

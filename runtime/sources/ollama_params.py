@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.ollama import OllamaError, OllamaModel
+from runtime.sources.ollama import OllamaError, OllamaModel
 
 # Modelfile PARAMETER -> (runtime flag, the type the flag takes)
 _FLAGS: dict[str, tuple[str, type]] = {

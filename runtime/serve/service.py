@@ -1,7 +1,7 @@
 """The generation service: one worker thread owns the model and runs requests.
 
 The HTTP layer only submits jobs and reads their events. Up to `slots` requests share each
-forward pass (runtime.batch); the rest wait in arrival order, at most `max_waiting` of them.
+forward pass (runtime.serve.batch); the rest wait in arrival order, at most `max_waiting` of them.
 A cancelled job — its client went away — stops at the next token and frees its slot.
 """
 
@@ -55,7 +55,7 @@ class Service:
         self.slots = slots
         self._jobs: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_waiting)
         self.lost: Optional[str] = None
-        from runtime import backend
+        from runtime.engine import backend
 
         backend.on_fatal(self._on_fatal)
         self._thread = threading.Thread(target=self._run, name="llamapyz-engine", daemon=True)
@@ -105,7 +105,7 @@ class Service:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        from runtime.batch import Scheduler
+        from runtime.serve.batch import Scheduler
 
         scheduler = Scheduler(self.model, self.slots)
         self.scheduler = scheduler

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from runtime.archive import GGUF_MAGIC, ArchiveError, hash_range
+from runtime.file.archive import GGUF_MAGIC, ArchiveError, hash_range
 
 if TYPE_CHECKING:
-    from runtime.weights import ModelSource
+    from runtime.sources.resolve import ModelSource
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -345,7 +345,9 @@ def resolve(
     """The GGUF and Modelfile settings of the Ollama model `name`, checked against its manifest;
     with `verify`, every blob's sha256 too, except the model's when `verify_model` is False
     (`pack build` checks that one while it copies it)."""
-    from runtime.weights import ModelSource  # here, so that runtime.weights may import us
+    from runtime.sources.resolve import (
+        ModelSource,  # here, so that runtime.sources.resolve may import us
+    )
 
     ref = parse_name(name) if isinstance(name, str) else name
     root = store_root() if root is None else root
@@ -408,7 +410,9 @@ def resolve(
 
 def resolve_digest(text: str, root: Optional[Path] = None) -> ModelSource:
     """The blob named by `sha256-<hex>` or `sha256:<hex>`, which must be a GGUF."""
-    from runtime.weights import ModelSource  # here, so that runtime.weights may import us
+    from runtime.sources.resolve import (
+        ModelSource,  # here, so that runtime.sources.resolve may import us
+    )
 
     match = _DIGEST.fullmatch(text)
     if match is None:

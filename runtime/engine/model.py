@@ -1,6 +1,6 @@
 """Model load (FILE* included) and generation over llama.cpp's bindings.
 
-With `runtime.backend`, the only modules that touch llama_cpp. Sampling happens in
+With `runtime.engine.backend`, the only modules that touch llama_cpp. Sampling happens in
 llama.cpp's own sampler chain, in the same order llama-cpp-python builds it, so that the
 same seed and settings give the same tokens; no logits are copied into Python.
 """
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
-# The engine's interface; the native side lives in runtime.backend.
-from runtime.backend import (
+# The engine's interface; the native side lives in runtime.engine.backend.
+from runtime.engine.backend import (
     EngineError,
     _c,
     _stderr_captured,
@@ -26,7 +26,7 @@ from runtime.backend import (
     set_verbose,
     start_backend,
 )
-from runtime.weights import ModelSource
+from runtime.sources.resolve import ModelSource
 
 __all__ = [
     "EngineError",
