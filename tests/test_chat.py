@@ -103,7 +103,7 @@ def test_template_found_from_chat_tokens(tmp_path: Path) -> None:
     gguf = write_tiny_gguf(tmp_path / "m.gguf", extra_tokens=["<|im_start|>", "<|im_end|>"])
     engine.set_verbose(False)
     from runtime.engine import cpu
-    from runtime.sources.resolve import ModelSource
+    from runtime.sources.source import ModelSource
 
     engine.start_backend(cpu.choose().path)
     with engine.Model(ModelSource(gguf, 0, gguf.stat().st_size, "m"), n_ctx=128) as m:

@@ -169,7 +169,7 @@ def test_no_module_is_past_400_lines() -> None:
         ("runtime/engine/grammar.py", "from runtime.serve import app", "runtime.serve"),
         (
             "runtime/file/jsonfile.py",
-            "from runtime.sources.resolve import ModelSource",
+            "from runtime.sources.source import ModelSource",
             "runtime.sources",
         ),
         ("runtime/chat/stops.py", "import packager.build", "never imports packager"),

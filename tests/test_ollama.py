@@ -622,7 +622,7 @@ from pathlib import Path
 from runtime.engine import cpu
 from runtime.engine import model as engine
 from runtime.sources import ollama
-from runtime.sources.resolve import ModelSource
+from runtime.sources.source import ModelSource
 
 engine.set_verbose(False)
 engine.start_backend(cpu.choose().path)

@@ -45,7 +45,7 @@ from runtime.engine import cpu
 from runtime.engine import model as engine
 from runtime.rpc import client as rpc
 from runtime.rpc.endpoints import RpcError, parse_endpoints
-from runtime.sources.resolve import ModelSource
+from runtime.sources.source import ModelSource
 
 model, spec, mode, n_predict = Path(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 verbose, pause = "verbose" in mode, "pause" in mode

@@ -295,7 +295,7 @@ def probe_main(args: list[str]) -> None:
 def _self_test(variant: Path, model: Path) -> int:
     """In the child: load one variant and run the self-test model; write ok to fd 1."""
     from runtime.engine import model as engine
-    from runtime.sources.resolve import ModelSource
+    from runtime.sources.source import ModelSource
 
     engine.set_verbose(False)
     try:

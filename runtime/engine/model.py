@@ -26,7 +26,7 @@ from runtime.engine.backend import (
     set_verbose,
     start_backend,
 )
-from runtime.sources.resolve import ModelSource
+from runtime.sources.source import ModelSource
 
 __all__ = [
     "EngineError",

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from runtime.chat import templates
 from runtime.engine import grammar
 from runtime.serve import replies
+from runtime.serve.jobs import Job
 from runtime.serve.openai_models import (
     APIError,
     ChatRequest,
@@ -31,7 +32,7 @@ from runtime.serve.openai_models import (
     EmbeddingRequest,
     GenerationFields,
 )
-from runtime.serve.service import Job, Service
+from runtime.serve.service import Service
 
 WEB = Path(__file__).parent / "web"
 

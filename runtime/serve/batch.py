@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from runtime.chat.stops import StopFilter
 from runtime.engine.model import EngineError
-from runtime.serve.service import Job
+from runtime.serve.jobs import Job
 
 
 @dataclass

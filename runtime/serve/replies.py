@@ -17,8 +17,9 @@ from typing import Any, Callable, Optional
 from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 
+from runtime.serve.jobs import Job
 from runtime.serve.openai_models import APIError
-from runtime.serve.service import Busy, Job, Lost, Service
+from runtime.serve.service import Busy, Lost, Service
 
 
 @dataclass(frozen=True)

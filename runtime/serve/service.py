@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+
+from runtime.serve.jobs import Job
 
 
 class Busy(Exception):
@@ -19,32 +20,6 @@ class Busy(Exception):
 
 class Lost(Exception):
     """The engine stopped for good (an RPC worker was lost, say): nothing more can run."""
-
-
-@dataclass
-class Job:
-    """One request's work: a prompt to complete, or a text to embed."""
-
-    prompt: list[int]
-    n_predict: int
-    sampling: Any
-    stops: tuple[str, ...] = ()
-    embed_text: Optional[str] = None
-    on_event: Callable[[str, Any], None] = lambda kind, value: None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    # Without streaming, the text waits here for "done": no wake-up of the HTTP thread per
-    # token, which on a small machine takes a core from llama.cpp's threads.
-    stream: bool = True
-    parts: list[str] = field(default_factory=list)
-
-    def emit(self, text: str) -> None:
-        if self.stream:
-            self.on_event("text", text)
-        else:
-            self.parts.append(text)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
 
 
 class Service:

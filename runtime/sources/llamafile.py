@@ -5,12 +5,10 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from runtime.file.archive import GGUF_MAGIC
-
-if TYPE_CHECKING:
-    from runtime.sources.resolve import ModelSource
+from runtime.sources.source import ModelSource
 
 LOCAL_HEADER = b"PK\x03\x04"
 LOCAL_HEADER_SIZE = 30
@@ -46,9 +44,6 @@ def _choose(path: Path, members: list[zipfile.ZipInfo]) -> Optional[zipfile.ZipI
 
 def find_gguf_member(path: Path) -> Optional[ModelSource]:
     """Where the GGUF stored in the zip at `path` lies in the file; None if the zip has none."""
-    # Imported here so that runtime.sources.resolve may import this module at its top.
-    from runtime.sources.resolve import ModelSource
-
     try:
         with zipfile.ZipFile(path) as zf:
             member = _choose(path, zf.infolist())

@@ -14,12 +14,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 from runtime.file.archive import GGUF_MAGIC, ArchiveError, hash_range
-
-if TYPE_CHECKING:
-    from runtime.sources.resolve import ModelSource
+from runtime.sources.source import ModelSource
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -345,10 +343,6 @@ def resolve(
     """The GGUF and Modelfile settings of the Ollama model `name`, checked against its manifest;
     with `verify`, every blob's sha256 too, except the model's when `verify_model` is False
     (`pack build` checks that one while it copies it)."""
-    from runtime.sources.resolve import (
-        ModelSource,  # here, so that runtime.sources.resolve may import us
-    )
-
     ref = parse_name(name) if isinstance(name, str) else name
     root = store_root() if root is None else root
     ref, manifest_path = _find_manifest(ref, root)
@@ -410,10 +404,6 @@ def resolve(
 
 def resolve_digest(text: str, root: Optional[Path] = None) -> ModelSource:
     """The blob named by `sha256-<hex>` or `sha256:<hex>`, which must be a GGUF."""
-    from runtime.sources.resolve import (
-        ModelSource,  # here, so that runtime.sources.resolve may import us
-    )
-
     match = _DIGEST.fullmatch(text)
     if match is None:
         raise OllamaError(f"{text!r} is not a blob digest (expected sha256-<64 hex digits>)")

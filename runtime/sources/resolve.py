@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from runtime.file.archive import GGUF_MAGIC, MANIFEST_NAME, ArchiveError, read_manifest
+from runtime.sources import llamafile, ollama
+from runtime.sources.ollama_params import default_flags
+from runtime.sources.source import ModelSource
 
 DIGEST = re.compile(r"sha256[-:][0-9a-fA-F]{64}")
 # What an Ollama name looks like when it is not a file: `name:tag`, `ns/name[:tag]`, …
@@ -18,19 +20,6 @@ OLLAMA_LIKE = re.compile(r"[A-Za-z0-9_][\w.\-]*(/[\w.\-]+){0,2}(:[\w.\-]+)?")
 
 class WeightsError(Exception):
     """The requested weights cannot be found or are not a model."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A GGUF inside some file: the file, where the GGUF starts, how long it is."""
-
-    path: Path
-    offset: int
-    size: int
-    label: str
-    filename: str = ""  # the GGUF's own file name, where it has one
-    default_args: tuple[str, ...] = ()  # flags the source implies (Ollama's params, system)
-    license: Optional[str] = None
 
 
 def embedded(pyz: Path) -> ModelSource:
@@ -55,8 +44,6 @@ def embedded(pyz: Path) -> ModelSource:
 
 def _zip_model(path: Path, spec: str) -> ModelSource:
     """A .pyz's embedded weights, or a llamafile's stored GGUF member."""
-    from runtime.sources import llamafile
-
     with zipfile.ZipFile(path) as zf:
         ours = MANIFEST_NAME in zf.namelist()
     if ours:
@@ -97,9 +84,6 @@ def from_path(spec: str) -> ModelSource:
 
 def from_ollama(name: str, verify: bool = False) -> ModelSource:
     """An Ollama model by name, its params and system prompt as default flags."""
-    from runtime.sources import ollama
-    from runtime.sources.ollama_params import default_flags
-
     try:
         model = ollama.resolve(name, verify=verify)
         flags, _ignored = default_flags(model)
@@ -118,8 +102,6 @@ def from_ollama(name: str, verify: bool = False) -> ModelSource:
 
 
 def from_digest(spec: str) -> ModelSource:
-    from runtime.sources import ollama
-
     try:
         return ollama.resolve_digest(spec)
     except ollama.OllamaError as exc:

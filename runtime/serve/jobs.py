@@ -1,0 +1,33 @@
+"""One request's work as the generation service and its scheduler both see it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass
+class Job:
+    """One request's work: a prompt to complete, or a text to embed."""
+
+    prompt: list[int]
+    n_predict: int
+    sampling: Any
+    stops: tuple[str, ...] = ()
+    embed_text: Optional[str] = None
+    on_event: Callable[[str, Any], None] = lambda kind, value: None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # Without streaming, the text waits here for "done": no wake-up of the HTTP thread per
+    # token, which on a small machine takes a core from llama.cpp's threads.
+    stream: bool = True
+    parts: list[str] = field(default_factory=list)
+
+    def emit(self, text: str) -> None:
+        if self.stream:
+            self.on_event("text", text)
+        else:
+            self.parts.append(text)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
