@@ -268,8 +268,13 @@ def _probe_all(key: str, variants: dict[str, Path]) -> Choice:
     for name in order:
         if name in unsupported:
             continue
+        packed = not variants[name].exists()
         ok, why = _probe(extracted(variants[name]), model)
         tried[name] = why if ok else f"refused: {why}"
+        if packed and not ok:
+            # Still in the .pyz: only the chosen variant stays on disk.
+            with contextlib.suppress(OSError):
+                variants[name].unlink()
         if ok:
             for other in unsupported:
                 tried[other] = "refused: this CPU lacks the features it was built for"
