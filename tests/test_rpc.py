@@ -25,6 +25,7 @@ from conftest import assert_clean_error
 
 from runtime.rpc import client as rpc
 from runtime.rpc import endpoints as rpc_endpoints
+from runtime.rpc import lost
 from runtime.rpc import protocol as rpc_protocol
 from runtime.rpc import worker as rpc_worker
 from runtime.rpc.endpoints import RpcError
@@ -44,6 +45,7 @@ from pathlib import Path
 from runtime.engine import cpu
 from runtime.engine import model as engine
 from runtime.rpc import client as rpc
+from runtime.rpc import lost
 from runtime.rpc.endpoints import RpcError, parse_endpoints
 from runtime.sources.source import ModelSource
 
@@ -284,7 +286,7 @@ def test_worker_gone_between_check_and_connect_is_one_line(tmp_path: Path) -> No
         "from runtime.engine import cpu, model as engine\nfrom runtime.rpc import client as rpc\n"
         "engine.set_verbose(False)\n"
         "engine.start_backend(cpu.choose().path)\n"
-        "rpc._install_abort_message()\n"  # what add_servers does before ggml connects
+        "rpc.lost.install_abort_message(rpc.ggml())\n"  # what add_servers does before ggml connects
         "add = rpc.proc('ggml_backend_rpc_add_server', rpc._ADD_SERVER)\n"
         f"add(b'127.0.0.1:{port}')\n"  # no check first: ggml-rpc itself fails to connect
         "print('not reached')\n"
@@ -298,16 +300,16 @@ def test_worker_gone_between_check_and_connect_is_one_line(tmp_path: Path) -> No
 def test_abort_messages_from_ggml_rpc_become_one_line() -> None:
     where = "/build/vendor/llama.cpp/ggml/src/ggml-rpc/ggml-rpc.cpp:593: "
     assert (
-        rpc.abort_message(where + "Failed to connect to 10.0.0.9:50052\n")
+        lost.abort_message(where + "Failed to connect to 10.0.0.9:50052\n")
         == "Error: cannot reach the RPC worker 10.0.0.9:50052"
     )
     assert "speaks another version" in (
-        rpc.abort_message(where + "RPC handshake failed for 10.0.0.9:50052") or ""
+        lost.abort_message(where + "RPC handshake failed for 10.0.0.9:50052") or ""
     )
     assert (
-        rpc.abort_message(where + "Remote RPC server crashed or returned malformed response") or ""
+        lost.abort_message(where + "Remote RPC server crashed or returned malformed response") or ""
     ).startswith("Error: lost the connection to an RPC worker")
-    assert rpc.abort_message("/x/ggml.c:12: GGML_ASSERT(x) failed") is None
+    assert lost.abort_message("/x/ggml.c:12: GGML_ASSERT(x) failed") is None
 
 
 def test_worker_on_a_busy_port_is_an_rpc_error(tmp_path: Path) -> None:
