@@ -17,61 +17,16 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from runtime.file.archive import GGUF_MAGIC, ArchiveError, hash_range
+from runtime.sources.ollama_names import HOST, MEDIA_PREFIX, MODEL, NAMESPACE, TAG
+from runtime.sources.ollama_names import ModelRef as ModelRef
+from runtime.sources.ollama_names import OllamaError as OllamaError
+from runtime.sources.ollama_names import parse_name as parse_name
 from runtime.sources.source import ModelSource
 
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
-PREFIX = "ollama:"
-MEDIA_PREFIX = "application/vnd.ollama.image."
 SERVICE_ROOT = Path("/usr/share/ollama/.ollama/models")
 MAX_SUGGESTIONS = 5
-
-# Ollama's own rules for the parts of a name (types/model/name.go). Every part starts with a
-# letter, digit or underscore, so none can be `.`, `..` or empty, and none holds a `/`: a
-# name can never lead out of the store. A host may carry a port (`localhost:5000`): the tag
-# is only looked for after the last `/`, so the colon is not mistaken for one.
-_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
-_NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
-_MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
-_TAG = _MODEL
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")  # as a user may type it
 _LAYER_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")  # as Ollama writes it in a manifest
-
-
-class OllamaError(Exception):
-    """An Ollama model that cannot be found, or whose files are damaged."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A fully qualified Ollama name: host, namespace, model and tag."""
-
-    host: str = DEFAULT_HOST
-    namespace: str = DEFAULT_NAMESPACE
-    model: str = ""
-    tag: str = DEFAULT_TAG
-
-    @property
-    def display(self) -> str:
-        """The name as `ollama list` shows it: `smol:latest`, `me/smol:1b`, `host/me/smol:1b`."""
-        if self.host.lower() != DEFAULT_HOST:
-            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        if self.namespace.lower() != DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.model}:{self.tag}"
-
-    @property
-    def spec(self) -> str:
-        """The name as `-m` takes it: `ollama:smol:latest`."""
-        return PREFIX + self.display
-
-    @property
-    def parts(self) -> tuple[str, str, str, str]:
-        return (self.host, self.namespace, self.model, self.tag)
-
-    def manifest_path(self, root: Path) -> Path:
-        return root.joinpath("manifests", *self.parts)
 
 
 @dataclass(frozen=True)
@@ -114,48 +69,6 @@ class _Layer:
     size: int
 
 
-def parse_name(text: str) -> ModelRef:
-    """A full name from `[ollama:][[HOST/]NAMESPACE/]MODEL[:TAG]`; refuses any outside the store."""
-    name = text[len(PREFIX) :] if text.startswith(PREFIX) else text
-    shown = repr(text)
-    if not name:
-        raise OllamaError(f"{shown} names no Ollama model")
-    if "\\" in name or "\0" in name:
-        raise OllamaError(f"{shown} is not an Ollama model name (it holds a backslash or NUL)")
-    parts = name.split("/")
-    last = parts[-1]
-    tag = DEFAULT_TAG
-    if ":" in last:
-        last, tag = last.rsplit(":", 1)
-    parts[-1] = last
-    if len(parts) > 3:
-        raise OllamaError(
-            f"{shown} is not an Ollama model name (it has {len(parts)} parts; "
-            f"at most HOST/NAMESPACE/MODEL:TAG)"
-        )
-    host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
-    if len(parts) == 3:
-        host, namespace, model = parts
-    elif len(parts) == 2:
-        namespace, model = parts
-    else:
-        model = parts[0]
-    for label, value, pattern in (
-        ("host", host, _HOST),
-        ("namespace", namespace, _NAMESPACE),
-        ("model", model, _MODEL),
-        ("tag", tag, _TAG),
-    ):
-        if not pattern.fullmatch(value):
-            raise OllamaError(
-                f"{shown} is not an Ollama model name (its {label} {value!r} must start with a "
-                f"letter, digit or _ and hold only letters, digits, _ - ."
-                + (" and :port" if label == "host" else "")
-                + ")"
-            )
-    return ModelRef(host, namespace, model, tag)
-
-
 def store_root(env: Optional[Mapping[str, str]] = None) -> Path:
     """Ollama's model store: `$OLLAMA_MODELS`, else `~/.ollama/models`, else the service's store."""
     env = os.environ if env is None else env
@@ -181,10 +94,10 @@ def _manifest_refs(root: Path) -> list[tuple[ModelRef, Path]]:
     for path in sorted(base.glob("*/*/*/*")):
         host, namespace, model, tag = path.relative_to(base).parts
         ok = (
-            _HOST.fullmatch(host)
-            and _NAMESPACE.fullmatch(namespace)
-            and _MODEL.fullmatch(model)
-            and _TAG.fullmatch(tag)
+            HOST.fullmatch(host)
+            and NAMESPACE.fullmatch(namespace)
+            and MODEL.fullmatch(model)
+            and TAG.fullmatch(tag)
         )
         if ok and path.is_file():
             found.append((ModelRef(host, namespace, model, tag), path))
