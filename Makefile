@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint clean system-test
 
 install: $(STAMP)
 
@@ -23,10 +23,14 @@ demo: smollm2.pyz
 	chmod +x smollm2.pyz
 	./smollm2.pyz -p "The capital of France is" -n 24 --temp 0; echo
 
-test: install
+# Debian's chromium, qemu-user and lavapipe, installed when missing (as root) or named.
+system-test:
+	scripts/system-packages.sh test
+
+test: install system-test
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install system-test
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
