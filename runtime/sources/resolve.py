@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Optional
 
 from runtime.file.archive import GGUF_MAGIC, MANIFEST_NAME, ArchiveError, read_manifest
-from runtime.sources import llamafile, ollama
-from runtime.sources.ollama_params import default_flags
 from runtime.sources.source import ModelSource
 
 DIGEST = re.compile(r"sha256[-:][0-9a-fA-F]{64}")
@@ -44,6 +42,8 @@ def embedded(pyz: Path) -> ModelSource:
 
 def _zip_model(path: Path, spec: str) -> ModelSource:
     """A .pyz's embedded weights, or a llamafile's stored GGUF member."""
+    from runtime.sources import llamafile  # the store readers load only when they are asked for
+
     with zipfile.ZipFile(path) as zf:
         ours = MANIFEST_NAME in zf.namelist()
     if ours:
@@ -84,6 +84,9 @@ def from_path(spec: str) -> ModelSource:
 
 def from_ollama(name: str, verify: bool = False) -> ModelSource:
     """An Ollama model by name, its params and system prompt as default flags."""
+    from runtime.sources import ollama
+    from runtime.sources.ollama_params import default_flags
+
     try:
         model = ollama.resolve(name, verify=verify)
         flags, _ignored = default_flags(model)
@@ -102,6 +105,8 @@ def from_ollama(name: str, verify: bool = False) -> ModelSource:
 
 
 def from_digest(spec: str) -> ModelSource:
+    from runtime.sources import ollama
+
     try:
         return ollama.resolve_digest(spec)
     except ollama.OllamaError as exc:
