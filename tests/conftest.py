@@ -35,9 +35,8 @@ def write_tiny_gguf(
 
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_ff, n_layer = 64, 4, 128, 2
-    # Printable ASCII has byte fallback tokens, as real SentencePiece vocabularies have for
-    # every byte: llama.cpp's tokenizer throws on a character it can spell no other way.
-    # (Bytes >= 0x80 are left out so that any output is valid UTF-8.)
+    # Byte fallback tokens, as real SentencePiece vocabularies have for every byte: llama.cpp's
+    # tokenizer throws on a character it can spell no other way. Printable ASCII first.
     ascii_bytes = [0x0A, *range(0x20, 0x7F)]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in ascii_bytes]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
@@ -49,6 +48,14 @@ def write_tiny_gguf(
     for extra in extra_tokens or []:
         tokens.append(extra)
         types.append(gguf.TokenType.CONTROL)
+    n_first = len(tokens)
+    # The other byte tokens come last, with weights of their own drawn after the rest, so the
+    # tokens and weights above stay as they were: llama.cpp's SentencePiece tokenizer needs all
+    # 256 (the validator refuses a vocabulary without them). Their outputs are near zero, so
+    # they are never among the likeliest and output stays valid UTF-8.
+    other_bytes = [b for b in range(256) if b not in ascii_bytes]
+    tokens += [f"<0x{b:02X}>" for b in other_bytes]
+    types += [gguf.TokenType.BYTE] * len(other_bytes)
     n_vocab = len(tokens)
 
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -75,11 +82,18 @@ def write_tiny_gguf(
     def weight(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
-    writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd))
+    late = np.random.default_rng(seed + 1000)  # the weights of the tokens that come last
+    n_late = n_vocab - n_first
+
+    def rows(first: np.ndarray, scale: float) -> np.ndarray:
+        extra = (late.standard_normal((n_late, n_embd)) * scale).astype(np.float32)
+        return np.concatenate([first, extra])
+
+    writer.add_tensor("token_embd.weight", rows(weight(n_first, n_embd), 0.2))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    output = weight(n_vocab, n_embd)
+    output = weight(n_first, n_embd)
     output[3 : 3 + len(ascii_bytes)] *= 0.05  # byte tokens: rarely the likeliest, as in real models
-    writer.add_tensor("output.weight", output)
+    writer.add_tensor("output.weight", rows(output, 0.001))
     for i in range(n_layer):
         p = f"blk.{i}."
         writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))

@@ -254,14 +254,14 @@ def _probe_lock() -> Iterator[None]:
 def _probe_all(key: str, variants: dict[str, Path]) -> Choice:
     scores = _scores(variants)
     order = sorted(variants, key=lambda n: (-scores.get(n, 1), n))
-    model = cache_dir() / "selftest-v1.gguf"
+    model = cache_dir() / "selftest-v2.gguf"
     try:
         if not model.exists():
             selftest_model.write(model)
     except OSError:
         import tempfile
 
-        model = Path(tempfile.mkdtemp(prefix="llamapyz-")) / "selftest-v1.gguf"
+        model = Path(tempfile.mkdtemp(prefix="llamapyz-")) / "selftest-v2.gguf"
         selftest_model.write(model)
     tried: dict[str, str] = {}
     unsupported = [n for n in order if scores and scores.get(n, 0) == 0]

@@ -39,12 +39,14 @@ WORDS = [
 
 
 def _vocab() -> tuple[list[str], list[int]]:
-    tokens = ["<unk>", "<s>", "</s>", "<0x0A>"]
-    types = [2, 3, 3, 6]
+    # All 256 byte tokens: without them llama.cpp's tokenizer throws on a character it
+    # cannot spell (and the validator refuses the file).
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
     pieces = ["\u2581" + w for w in WORDS] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces += ["\u2581" + chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces = list(dict.fromkeys(pieces))
-    while len(tokens) + len(pieces) < 128:
+    while len(tokens) + len(pieces) < 384:
         pieces.append(f"\u2581w{len(pieces)}")
     tokens += pieces
     types += [1] * len(pieces)
