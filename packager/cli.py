@@ -208,7 +208,7 @@ def inspect(pyz: Path, as_json: bool) -> None:
 @cli.command()
 @click.argument("pyz", type=click.Path(path_type=Path))
 def verify(pyz: Path) -> None:
-    """Recompute the weights' sha256 and compare it with the manifest."""
+    """Recompute the weights' sha256, compare it with the manifest, and check the GGUF."""
     from runtime.file.archive import ArchiveError, Manifest, hash_range
 
     manifest = _manifest(pyz)
@@ -225,4 +225,10 @@ def verify(pyz: Path) -> None:
         raise click.ClickException(
             f"{pyz}: the weights are damaged (sha256 {digest}, the manifest says {w.sha256})"
         )
-    click.echo(f"{pyz}: weights ok (sha256 {digest})", err=True)
+    from runtime.file.gguf_check import GGUFError, check
+
+    try:  # a file built before the check existed may hold a GGUF llama.cpp chokes on
+        check(pyz, w.offset, w.size, f"{pyz} (embedded {w.filename})")
+    except GGUFError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{pyz}: weights ok (sha256 {digest}; the GGUF passes the check)", err=True)

@@ -1,68 +1,23 @@
-"""Checks that a file is a whole GGUF and reads the model's facts from its header, once, at build.
+"""Checks that a file is a whole GGUF that llama.cpp can load safely (`runtime.file.gguf_check`,
+which the runtime runs too) and reads the model's facts from its header, once, at build.
 
-The header is read as a stream and arrays (a vocabulary of 150,000 tokens, say) are skipped
-over, not loaded: `gguf.GGUFReader` would build them all in memory first, which costs
-seconds and hundreds of MB on a large tokenizer.
+The header is walked once and arrays (a vocabulary of 150,000 tokens, say) are stepped over,
+not loaded: `gguf.GGUFReader` would build them all in memory first, which costs seconds and
+hundreds of MB on a large tokenizer.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import struct
 from collections import Counter
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from packager.errors import PackError
+from runtime.file import gguf_check
 
 GGUF_MAGIC = b"GGUF"
-# GGUF value types: fixed-size ones by their struct format
-FIXED = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-STRING, ARRAY = 8, 9
-WANTED_TEXT = ("general.name", "general.architecture", "general.license")
-
-
-class _Truncated(Exception):
-    pass
-
-
-class _Stream:
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh = fh
-
-    def take(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise _Truncated()
-        return data
-
-    def unpack(self, fmt: str) -> Any:
-        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        return self.take(self.unpack("Q")).decode("utf-8", "replace")
-
-    def skip_string(self) -> None:
-        self.fh.seek(self.unpack("Q"), 1)
-
-    def value(self, kind: int, keep: bool) -> Any:
-        if kind in FIXED:
-            return self.unpack(FIXED[kind])
-        if kind == STRING:
-            if keep:
-                return self.string()
-            self.skip_string()
-            return None
-        if kind == ARRAY:
-            item, count = self.unpack("I"), self.unpack("Q")
-            if item in FIXED:
-                self.fh.seek(struct.calcsize(FIXED[item]) * count, 1)
-            else:
-                for _ in range(count):
-                    self.value(item, False)
-            return None
-        raise ValueError(f"unknown GGUF value type {kind}")
 
 
 def check_magic(path: Path) -> None:
@@ -78,31 +33,6 @@ def check_magic(path: Path) -> None:
         raise PackError(f"cannot read {path} ({exc.strerror})") from None
     if head != GGUF_MAGIC:
         raise PackError(f"{path} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
-
-
-def _read_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, list[int], int, int]], int]:
-    """(metadata without arrays, tensors as (name, dims, type, offset), data section start)."""
-    with path.open("rb", buffering=1 << 20) as fh:
-        s = _Stream(fh)
-        s.take(4)
-        version = s.unpack("I")
-        if version not in (2, 3):
-            raise PackError(f"{path} is GGUF version {version}; llamapyz reads versions 2 and 3")
-        n_tensors, n_kv = s.unpack("Q"), s.unpack("Q")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = s.string()
-            kind = s.unpack("I")
-            keep = key in WANTED_TEXT or key.endswith((".context_length", "alignment", "file_type"))
-            meta[key] = s.value(kind, keep)
-        tensors = []
-        for _ in range(n_tensors):
-            name = s.string()
-            dims = [s.unpack("Q") for _ in range(s.unpack("I"))]
-            tensors.append((name, dims, s.unpack("I"), s.unpack("Q")))
-        align = int(meta.get("general.alignment") or 32)
-        start = (fh.tell() + align - 1) // align * align
-    return meta, tensors, start
 
 
 @functools.cache
@@ -128,30 +58,28 @@ def read_facts(path: Path) -> dict[str, Any]:
     gguf = _gguf_constants()
 
     check_magic(path)
-    size = path.stat().st_size
     try:
-        meta, tensors, start = _read_header(path)
-        end = start
-        counts: Counter[str] = Counter()
-        parameters = 0
-        for _name, dims, kind, offset in tensors:
-            qtype = gguf.GGMLQuantizationType(kind)
-            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            elements = 1
-            for d in dims:
-                elements *= d
-            parameters += elements
-            end = max(end, start + offset + elements // block * type_size)
-            if len(dims) >= 2:
-                counts[qtype.name] += 1
-    except _Truncated:
-        raise PackError(f"{path} is truncated: it ends inside its header") from None
-    except (ValueError, KeyError, UnicodeDecodeError, struct.error) as exc:
-        raise PackError(f"{path} is not a readable GGUF file (damaged header: {exc})") from None
-    if end > size:
-        raise PackError(f"{path} is truncated: its tensors need {end} bytes, the file has {size}")
-    if not tensors:
+        header = gguf_check.check(path)
+    except gguf_check.GGUFError as exc:
+        raise PackError(str(exc)) from None
+    meta = header.meta
+    counts: Counter[str] = Counter()
+    parameters = 0
+    for t in header.tensors:
+        elements = 1
+        for d in t.dims:
+            elements *= d
+        parameters += elements
+        if len(t.dims) >= 2:
+            try:
+                counts[gguf.GGMLQuantizationType(t.kind).name] += 1
+            except ValueError:
+                counts[f"type {t.kind}"] += 1
+    if not header.tensors:
         raise PackError(f"{path} holds no tensors: it is not a model")
+    template = meta.get("tokenizer.chat_template")
+    if isinstance(template, str):
+        _trial(template, path)
 
     arch = meta.get("general.architecture") or "unknown"
     quant = None
@@ -171,5 +99,17 @@ def read_facts(path: Path) -> dict[str, Any]:
         "context_length": meta.get(f"{arch}.context_length"),
         "chat_template": "tokenizer.chat_template" in meta,
         "license": meta.get("general.license"),
-        "file_size": size,
+        "file_size": header.size,
     }
+
+
+def _trial(template: str, path: Path) -> None:
+    """Render the file's chat template once on a sample conversation: one that runs past the
+    sandbox's limits (a loop for ever, a recursion) would fail every chat, so the build stops.
+    A template that refuses the sample itself (roles it does not take) is left to the chat."""
+    from runtime.chat import templates
+
+    try:
+        templates.trial(template)
+    except templates.TemplateLimitError as exc:
+        raise PackError(f"{path}: its chat template (tokenizer.chat_template) {exc}") from None

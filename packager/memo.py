@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from runtime.file.jsonfile import write_atomic
 
-FORMAT = 1
+FORMAT = 2  # 2: facts come from the checked header (runtime.file.gguf_check)
 SETTLED_S = 2.0
 KEEP = 64  # entries; the oldest go first
 

@@ -35,6 +35,10 @@ class TemplateError(Exception):
     """A chat template that cannot be found or rendered."""
 
 
+class TemplateLimitError(TemplateError):
+    """A chat template stopped for running too long, too deep or too large."""
+
+
 @dataclass
 class ChatFormat:
     """How to turn messages into prompt text; `kind` is jinja, builtin or plain."""
@@ -142,27 +146,64 @@ def _render_builtin(name: str, messages: list[Message]) -> str:
 
 
 def _render_jinja(source: str, messages: list[Message], model: Any) -> str:
+    bos = model.special_token("bos")
+    text = render_jinja(source, messages, bos, model.special_token("eos"))
+    # The tokenizer adds BOS itself; a template that writes it too would double it.
+    if bos and text.startswith(bos):
+        text = text[len(bos) :]
+    return text
+
+
+def render_jinja(source: str, messages: list[Message], bos: str, eos: str) -> str:
+    """A Jinja chat template's prompt for `messages`, in the limited sandbox."""
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from runtime.chat import sandbox
 
     def raise_exception(message: str) -> None:
         raise TemplateError(f"the chat template refused the conversation: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    globals_ = {"raise_exception": raise_exception, "strftime_now": time.strftime}
+    context = {
+        "messages": messages,
+        "add_generation_prompt": True,
+        "bos_token": bos,
+        "eos_token": eos,
+    }
     try:
-        template = env.from_string(source)
-        text = template.render(
-            messages=messages,
-            add_generation_prompt=True,
-            bos_token=model.special_token("bos"),
-            eos_token=model.special_token("eos"),
-        )
+        return sandbox.render(source, context, globals_)
+    except TemplateError:
+        raise
+    except sandbox.LimitExceeded as exc:
+        raise TemplateLimitError(f"the chat template was stopped: it {exc}") from None
+    except RecursionError:
+        raise TemplateLimitError(
+            "the chat template was stopped: it recursed too deeply"
+        ) from None
+    except MemoryError:
+        raise TemplateLimitError("the chat template was stopped: it ran out of memory") from None
     except jinja2.TemplateError as exc:
         raise TemplateError(f"the chat template cannot be rendered ({exc})") from None
-    # The tokenizer adds BOS itself; a template that writes it too would double it.
-    bos = model.special_token("bos")
-    if bos and text.startswith(bos):
-        text = text[len(bos) :]
-    return str(text)
+    except Exception as exc:  # a template is code from the file: any error is its own
+        raise TemplateError(
+            f"the chat template cannot be rendered ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+SAMPLE: list[Message] = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hi! How can I help?"},
+    {"role": "user", "content": "Tell me a joke."},
+]
+
+
+def trial(source: str) -> None:
+    """Render `source` on a sample conversation; TemplateLimitError if it goes past a limit
+    (other refusals are the template's own business, for a conversation it does not take)."""
+    try:
+        render_jinja(source, SAMPLE, "<s>", "</s>")
+    except TemplateLimitError:
+        raise
+    except TemplateError:
+        pass

@@ -27,7 +27,7 @@ class EngineError(Exception):
     """The engine could not load or run a model."""
 
 
-_log_lines: deque[str] = deque(maxlen=40)
+_log_lines: deque[str] = deque(maxlen=200)
 _log_verbose = False
 _log_callback: Any = None  # keeps the ctypes callback alive for as long as llama.cpp holds it
 _abort_callback: Any = None
@@ -145,8 +145,18 @@ def fatal(message: str) -> None:
     os._exit(1)
 
 
+def forget_log() -> None:
+    """Start the short memory afresh, so that an error is read from this load's log only."""
+    _log_lines.clear()
+
+
 def last_log_error() -> str:
-    """The last error-looking line llama.cpp logged, for messages."""
+    """llama.cpp's reason, for messages: the first `error loading model` line of a failed load
+    (the lines after it only say that loading failed), else the last error-looking line."""
+    for line in _log_lines:
+        at = line.find("error loading model")
+        if at >= 0:
+            return line[at:].strip()
     for line in reversed(_log_lines):
         text = line.strip()
         if text and ("error" in text.lower() or "failed" in text.lower()):

@@ -19,6 +19,7 @@ from runtime.engine.backend import (
     _c,
     _stderr_captured,
     bindings,
+    forget_log,
     ggml_library,
     last_log_error,
     lib_dir,
@@ -87,6 +88,7 @@ class Model:
         self._offload = offload  # rpc.Offload: its ctypes arrays must outlive the load
         if offload is not None:
             offload.apply(params)
+        forget_log()
         if source.offset == 0:
             self._model = C.llama_model_load_from_file(str(source.path).encode(), params)
         else:

@@ -8,7 +8,9 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
+from runtime.file import gguf_memo
 from runtime.file.archive import GGUF_MAGIC, MANIFEST_NAME, ArchiveError, read_manifest
+from runtime.file.gguf_check import GGUFError
 from runtime.sources.source import ModelSource
 
 DIGEST = re.compile(r"sha256[-:][0-9a-fA-F]{64}")
@@ -129,10 +131,22 @@ def from_spec(spec: str) -> ModelSource:
     return from_path(spec)
 
 
+def checked(source: ModelSource) -> ModelSource:
+    """`source`, once its GGUF passed the check (on its first use; remembered after)."""
+    try:
+        gguf_memo.check_once(source.path, source.offset, source.size, source.label)
+    except GGUFError as exc:
+        raise WeightsError(str(exc)) from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read {source.label} ({exc.strerror or exc})") from None
+    return source
+
+
 def resolve(spec: Optional[str], archive: Optional[Path]) -> ModelSource:
-    """`-m SPEC` when given, else the weights embedded in the running archive."""
+    """`-m SPEC` when given, else the weights embedded in the running archive; checked before
+    llama.cpp sees them, which cannot be stopped from taking the process down on a bad file."""
     if spec:
-        return from_spec(spec)
+        return checked(from_spec(spec))
     if archive is None:
         raise WeightsError("no model: give one with -m MODEL.gguf")
-    return embedded(archive)
+    return checked(embedded(archive))
