@@ -99,7 +99,7 @@ class _Walk:
         self.tokens: set[bytes] = set()  # the vocabulary's byte-fallback candidates
 
     def fail(self, problem: str) -> GGUFError:
-        return GGUFError(f"{self.label}: {problem}")
+        return GGUFError(f"{self.label}: {_printable(problem)}")
 
     def need(self, n: int, what: str) -> None:
         if n > self.end - self.pos:
@@ -127,6 +127,11 @@ class _Walk:
         self.pos += n
         return raw.decode("utf-8", "replace")
 
+    def name(self, what: str) -> tuple[str, str]:
+        """A key or tensor name, and how a message shows it (short, printable)."""
+        text = self.string(what)
+        return text, (text if len(text) <= 64 else text[:64] + "...")
+
     def run(self) -> Header:
         if self.mm[self.pos : self.pos + 4] != GGUF_MAGIC:
             raise self.fail(f"not a GGUF file (it starts with {self.mm[self.pos : self.pos + 4]!r})")
@@ -144,17 +149,18 @@ class _Walk:
                 f"more than its {header.size} bytes can hold"
             )
         for _ in range(n_kv):
-            key = self.string("a metadata key")
+            key, shown = self.name("a metadata key")
             if key in header.meta or key in header.arrays:
-                raise self.fail(f"the metadata key {key!r} appears twice")
-            self.value(header, key, self.u32(f"the type of {key}"))
+                raise self.fail(f"the metadata key {shown!r} appears twice")
+            self.value(header, key, shown, self.u32(f"the type of {shown}"))
         names: set[str] = set()
         raw: list[tuple[str, tuple[int, ...], int, int]] = []
         for _ in range(n_tensors):
-            name = self.string("a tensor name")
+            name, shown = self.name("a tensor name")
             if name in names:
-                raise self.fail(f"the tensor {name!r} appears twice")
+                raise self.fail(f"the tensor {shown!r} appears twice")
             names.add(name)
+            name = shown  # tensors are named in messages only, past here
             n_dims = self.u32(f"the dimensions of {name}")
             if not 1 <= n_dims <= MAX_DIMS:
                 raise self.fail(f"the tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} work)")
@@ -169,30 +175,30 @@ class _Walk:
         _check_vocab(self, header)
         return header
 
-    def value(self, header: Header, key: str, kind: int) -> None:
+    def value(self, header: Header, key: str, shown: str, kind: int) -> None:
         if kind in _FIXED:
             fmt = _FIXED[kind]
-            self.need(fmt.size, key)
+            self.need(fmt.size, shown)
             header.meta[key] = fmt.unpack_from(self.mm, self.pos)[0]
             self.pos += fmt.size
         elif kind == STRING:
-            header.meta[key] = self.string(key)
+            header.meta[key] = self.string(shown)
         elif kind == ARRAY:
-            item = self.u32(f"the item type of {key}")
-            count = self.u64(f"the length of {key}")
+            item = self.u32(f"the item type of {shown}")
+            count = self.u64(f"the length of {shown}")
             header.arrays[key] = (item, count)
             if item in _FIXED:
-                self.need(count * _FIXED[item].size, f"the {count} items of {key}")
+                self.need(count * _FIXED[item].size, f"the {count} items of {shown}")
                 self.pos += count * _FIXED[item].size
             elif item == STRING:
-                self.need(count * 8, f"the {count} strings of {key}")
-                self.strings(count, key, collect=key == "tokenizer.ggml.tokens")
+                self.need(count * 8, f"the {count} strings of {shown}")
+                self.strings(count, shown, collect=key == "tokenizer.ggml.tokens")
             elif item == ARRAY:
-                raise self.fail(f"{key} is an array of arrays, which llama.cpp cannot read")
+                raise self.fail(f"{shown} is an array of arrays, which llama.cpp cannot read")
             else:
-                raise self.fail(f"{key} is an array of unknown type {item}")
+                raise self.fail(f"{shown} is an array of unknown type {item}")
         else:
-            raise self.fail(f"the metadata value {key} has unknown type {kind}")
+            raise self.fail(f"the metadata value {shown} has unknown type {kind}")
 
     def strings(self, count: int, key: str, collect: bool) -> None:
         """Step over `count` strings; for the vocabulary, note the byte-fallback tokens."""
@@ -308,3 +314,8 @@ def _check_vocab(walk: _Walk, header: Header) -> None:
                     f"has {n_vocab}"
                 )
 
+
+
+def _printable(text: str) -> str:
+    """`text` with what a terminal would act on (newlines, escapes) written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
