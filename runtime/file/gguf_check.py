@@ -248,10 +248,10 @@ def _check_layout(walk: _Walk, header: Header) -> None:
     previous: Optional[Tensor] = None
     for t in sorted(header.tensors, key=lambda t: (t.offset, t.nbytes)):
         if t.offset + t.nbytes > room:
-            raise walk.fail(
-                f"the tensor {t.name} needs bytes {header.data_start + t.offset}-"
-                f"{header.data_start + t.offset + t.nbytes}, past the end of the file "
-                f"({header.size} bytes): the file is truncated"
+            raise GGUFError(
+                f"{walk.label} is truncated: the tensor {t.name} needs bytes "
+                f"{header.data_start + t.offset}-{header.data_start + t.offset + t.nbytes}, "
+                f"past the end of the file ({header.size} bytes)"
             )
         if previous is not None and t.offset < previous.offset + previous.nbytes:
             raise walk.fail(f"the tensors {previous.name} and {t.name} overlap")
