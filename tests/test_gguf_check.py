@@ -144,7 +144,10 @@ BROKEN: dict[str, tuple[Callable[[Path], Path], str]] = {
         "the tensor token_embd.weight is for 280 tokens, but the vocabulary has 288",
     ),
     "tensor-past-eof": (_truncated, "past the end of the file"),
-    "overlapping-tensors": (_overlapping, "the tensors token_embd.weight and output.weight overlap"),
+    "overlapping-tensors": (
+        _overlapping,
+        "the tensors token_embd.weight and output.weight overlap",
+    ),
     "2^40-element-array": (_huge_array, "the 1099511627776 items of tokenizer.ggml.scores"),
 }
 TEMPLATES = {
@@ -269,7 +272,9 @@ def test_llama_cpp_reason_is_its_first_error_line(bare_pyz: Path, tmp_path: Path
     check(path)
     result = run_pyz(bare_pyz, "-m", str(path), "-p", "hi")
     assert_clean_error(
-        result, 1, "error loading model vocabulary: unknown pre-tokenizer type: 'no-such-pre-tokenizer'"
+        result,
+        1,
+        "error loading model vocabulary: unknown pre-tokenizer type: 'no-such-pre-tokenizer'",
     )
 
 

@@ -103,14 +103,14 @@ def _concat(*parts: Any) -> str:
     return "".join(text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _environment_class() -> Any:
     """The sandbox class, made on first use: jinja is imported only when a template runs."""
     from jinja2 import nodes
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from jinja2.visitor import NodeTransformer
 
-    class Limited(ImmutableSandboxedEnvironment):  # type: ignore[misc]
+    class Limited(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset({"*", "**", "+", "%"})
 
         def __init__(self, **options: Any) -> None:
@@ -182,7 +182,7 @@ def _environment_class() -> Any:
                 _check_format(left)
             return _check_size(super().call_binop(context, operator, left, right))
 
-    class _Guard(NodeTransformer):  # type: ignore[misc]
+    class _Guard(NodeTransformer):
         """Every loop steps through iterate(); every `~` goes through _concat()."""
 
         def visit_For(self, node: Any) -> Any:

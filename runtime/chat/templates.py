@@ -177,9 +177,7 @@ def render_jinja(source: str, messages: list[Message], bos: str, eos: str) -> st
     except sandbox.LimitExceeded as exc:
         raise TemplateLimitError(f"the chat template was stopped: it {exc}") from None
     except RecursionError:
-        raise TemplateLimitError(
-            "the chat template was stopped: it recursed too deeply"
-        ) from None
+        raise TemplateLimitError("the chat template was stopped: it recursed too deeply") from None
     except MemoryError:
         raise TemplateLimitError("the chat template was stopped: it ran out of memory") from None
     except jinja2.TemplateError as exc:

@@ -134,7 +134,9 @@ class _Walk:
 
     def run(self) -> Header:
         if self.mm[self.pos : self.pos + 4] != GGUF_MAGIC:
-            raise self.fail(f"not a GGUF file (it starts with {self.mm[self.pos : self.pos + 4]!r})")
+            raise self.fail(
+                f"not a GGUF file (it starts with {self.mm[self.pos : self.pos + 4]!r})"
+            )
         self.pos += 4
         version = self.u32("the version")
         if version not in (2, 3):
@@ -279,9 +281,7 @@ def _check_vocab(walk: _Walk, header: Header) -> None:
         if found[0] not in FIXED or _FIXED[found[0]].size != 4:
             raise walk.fail(f"{key} holds items of type {found[0]}, not 4-byte numbers")
         if found[1] != n_vocab:
-            raise walk.fail(
-                f"its vocabulary has {n_vocab} tokens but {found[1]} {what} ({key})"
-            )
+            raise walk.fail(f"its vocabulary has {n_vocab} tokens but {found[1]} {what} ({key})")
     if model in BYTE_FALLBACK:
         missing = [
             f"<0x{b:02X}>"
@@ -303,17 +303,13 @@ def _check_vocab(walk: _Walk, header: Header) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value in NO_TOKEN:
                 continue
             if not 0 <= value < n_vocab:
-                raise walk.fail(
-                    f"{key} is {value}, outside its vocabulary of {n_vocab} tokens"
-                )
+                raise walk.fail(f"{key} is {value}, outside its vocabulary of {n_vocab} tokens")
     for t in header.tensors:
-        if t.name in ("token_embd.weight", "output.weight") and len(t.dims) >= 2:
-            if t.dims[1] != n_vocab:
-                raise walk.fail(
-                    f"the tensor {t.name} is for {t.dims[1]} tokens, but the vocabulary "
-                    f"has {n_vocab}"
-                )
-
+        is_vocab = t.name in ("token_embd.weight", "output.weight") and len(t.dims) >= 2
+        if is_vocab and t.dims[1] != n_vocab:
+            raise walk.fail(
+                f"the tensor {t.name} is for {t.dims[1]} tokens, but the vocabulary has {n_vocab}"
+            )
 
 
 def _printable(text: str) -> str:
