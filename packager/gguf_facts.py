@@ -112,4 +112,8 @@ def _trial(template: str, path: Path) -> None:
     try:
         templates.trial(template)
     except templates.TemplateLimitError as exc:
-        raise PackError(f"{path}: its chat template (tokenizer.chat_template) {exc}") from None
+        reason = str(exc).partition("stopped: ")[2] or str(exc)
+        raise PackError(
+            f"{path}: its chat template (tokenizer.chat_template) was stopped on a sample "
+            f"conversation: {reason}"
+        ) from None

@@ -26,6 +26,7 @@ ROW_KEYS = [
     "build_peak_rss",
     "start_warm",
     "start_first",
+    "gguf_check_first_start",
     "first_run_disk",
     "pyz_overhead",
     "speed_pp512",

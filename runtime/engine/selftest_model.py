@@ -38,6 +38,9 @@ WORDS = [
 ]
 
 
+BYTES = range(3, 3 + 256)  # the byte tokens' ids
+
+
 def _vocab() -> tuple[list[str], list[int]]:
     # All 256 byte tokens: without them llama.cpp's tokenizer throws on a character it
     # cannot spell (and the validator refuses the file).
@@ -70,10 +73,15 @@ def _kv_str(key: str, value: str) -> bytes:
     return _string(key) + struct.pack("<I", 8) + _string(value)
 
 
-def _q4_0(rows: int, cols: int, rng: random.Random) -> bytes:
-    scale = struct.pack("<e", 0.02)
-    blocks = rows * cols // 32
-    return b"".join(scale + rng.randbytes(16) for _ in range(blocks))
+def _q4_0(rows: int, cols: int, rng: random.Random, zero: range = range(0)) -> bytes:
+    """Random Q4_0 rows; the rows in `zero` have a scale of 0 (their dot products are 0)."""
+    scale, none = struct.pack("<e", 0.02), struct.pack("<e", 0.0)
+    per_row = cols // 32
+    return b"".join(
+        (none if r in zero else scale) + rng.randbytes(16)
+        for r in range(rows)
+        for _ in range(per_row)
+    )
 
 
 def write(path: Path) -> None:
@@ -110,7 +118,8 @@ def write(path: Path) -> None:
     tensors: list[tuple[str, tuple[int, ...], int, bytes]] = [
         ("token_embd.weight", (N_EMBD, n_vocab), Q4_0, _q4_0(n_vocab, N_EMBD, rng)),
         ("output_norm.weight", (N_EMBD,), F32, ones),
-        ("output.weight", (N_EMBD, n_vocab), Q4_0, _q4_0(n_vocab, N_EMBD, rng)),
+        # the byte tokens' logits are 0, below the likeliest word's: text stays readable
+        ("output.weight", (N_EMBD, n_vocab), Q4_0, _q4_0(n_vocab, N_EMBD, rng, BYTES)),
     ]
     for i in range(N_LAYER):
         p = f"blk.{i}."
