@@ -11,6 +11,7 @@ from typing import Any, Optional
 import click
 
 from runtime.engine import settings
+from runtime.engine.gpu import WORDS as GPU_WORDS
 from runtime.file.boot import archive
 from runtime.options import Options
 
@@ -121,9 +122,32 @@ def _read_prompt(prompt: Optional[str]) -> str:
     "-ngl",
     "--n-gpu-layers",
     "--gpu-layers",
-    type=int,
-    default=0,
-    help="Layers to put on a GPU (accepted for llamafile's sake; this build is CPU-only).",
+    default="auto",
+    show_default=True,
+    help="Layers to put on the GPU: a number, or auto (as many as fit); 0 keeps all on the CPU.",
+)
+@click.option(
+    "--gpu",
+    type=click.Choice(sorted(GPU_WORDS), case_sensitive=False),
+    default="auto",
+    show_default=True,
+    envvar="LLAMAPYZ_GPU",
+    help="GPU backend: auto, vulkan, cuda or none (llamafile's nvidia, amd, intel, disable too).",
+)
+@click.option("--device", "gpu_device", help="Run on these devices: Vulkan0, CUDA0,CUDA1, …")
+@click.option(
+    "-mg",
+    "--main-gpu",
+    type=click.IntRange(min=0),
+    help="The device (index) for --split-mode none.",
+)
+@click.option(
+    "-sm",
+    "--split-mode",
+    type=click.Choice(["none", "layer", "row"]),
+    default="layer",
+    show_default=True,
+    help="Spread the model over several GPUs by layer, by row, or not at all.",
 )
 @click.option("--rpc", "rpc_workers", help="Split the model over RPC workers: HOST:PORT,HOST:PORT.")
 @click.option(
@@ -168,7 +192,9 @@ def _read_prompt(prompt: Optional[str]) -> str:
     envvar="LLAMAPYZ_CPU_VARIANT",
     help="Force a CPU backend variant (e.g. haswell). Env: LLAMAPYZ_CPU_VARIANT.",
 )
-@click.option("--system-info", is_flag=True, help="Show the CPU backend choice and exit.")
+@click.option(
+    "--system-info", is_flag=True, help="Show the CPU variant and GPU device choice, and exit."
+)
 @click.option(
     "--clean-cache", is_flag=True, help="Remove what older builds left in the cache, and exit."
 )
@@ -185,7 +211,7 @@ def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
     from runtime import modes
     from runtime.chat import templates
-    from runtime.engine import cpu, grammar, variants
+    from runtime.engine import cpu, gpu, grammar, variants
     from runtime.engine import model as engine
     from runtime.rpc.endpoints import RpcError, parse_endpoints
     from runtime.serve.listen import PortError
@@ -201,7 +227,7 @@ def main(**kw: Any) -> None:
             return
         endpoints = parse_endpoints(opts.rpc_workers) if opts.rpc_workers else []
         if opts.system_info:
-            modes.print_system_info(cpu.choose(opts.cpu_variant, fresh=True), endpoints)
+            modes.print_system_info(cpu.choose(opts.cpu_variant, fresh=True), endpoints, opts)
             return
         if opts.chat and opts.prompt is not None:
             raise click.UsageError("give either --chat or -p, not both")
@@ -214,12 +240,6 @@ def main(**kw: Any) -> None:
         source = weights.resolve(opts.model, archive())
         if source.default_args:
             opts = _with_defaults(source.default_args)
-        if opts.n_gpu_layers and not endpoints:
-            click.echo(
-                "note: this llamapyz runs models on the CPU; it has no GPU support, "
-                "so -ngl changes nothing",
-                err=True,
-            )
         grammar_text = modes.grammar_for(opts)
         sock = modes.bind(opts) if opts.server else None
         chatting = not opts.server and (opts.chat or (opts.prompt is None and sys.stdin.isatty()))
@@ -230,16 +250,7 @@ def main(**kw: Any) -> None:
             click.echo(f"cpu variant: {choice.variant} ({choice.reason})", err=True)
         engine.start_backend(choice.path)
         offload = modes.offload(opts, source, endpoints) if endpoints else None
-        with engine.Model(
-            source,
-            n_ctx=opts.ctx_size,
-            n_batch=settings.N_BATCH,
-            n_threads=opts.threads or settings.default_threads(),
-            use_mmap=not opts.no_mmap,
-            use_mlock=opts.mlock,
-            n_seq_max=opts.parallel if opts.server else 1,
-            offload=offload,
-        ) as llm:
+        with modes.open_model(opts, source, offload, choice) as llm:
             if opts.server:
                 modes.serve(llm, source, opts, grammar_text, sock)
             elif opts.embedding:
@@ -254,6 +265,7 @@ def main(**kw: Any) -> None:
         variants.CpuError,
         templates.TemplateError,
         grammar.GrammarError,
+        gpu.GpuError,
         PortError,
         RpcError,
     ) as exc:

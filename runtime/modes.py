@@ -149,12 +149,78 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any
         include_local=opts.rpc_local,
         n_layer=rpc.layer_count(source.path, source.offset),
     )
-    if opts.n_gpu_layers and not opts.rpc_local:
-        offload.n_gpu_layers = opts.n_gpu_layers  # llama.cpp's meaning: layers sent away
+    from runtime.engine.gpu import parse_ngl
+
+    ngl = parse_ngl(opts.n_gpu_layers)
+    if ngl and not opts.rpc_local:
+        offload.n_gpu_layers = ngl  # llama.cpp's meaning: layers sent away
     return offload
 
 
-def print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]] = None) -> None:
+def gpu_plan(opts: Options, source: Any, choice: Any) -> Any:
+    """Where the layers go on this machine's GPUs (runtime.engine.gpu), self-tests first."""
+    from runtime.engine import gpu, gpu_selftest
+
+    ngl = gpu.parse_ngl(opts.n_gpu_layers)
+    want = gpu.WORDS[opts.gpu.lower()]
+    verdicts = {} if want == "none" or ngl == 0 else gpu_selftest.verdicts(choice.path)
+    return gpu.plan(
+        want,
+        opts.gpu_device,
+        opts.main_gpu,
+        opts.split_mode,
+        opts.tensor_split,
+        ngl,
+        source,
+        opts.ctx_size,
+        settings.N_BATCH,
+        verdicts,
+    )
+
+
+def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any:
+    """The model, loaded with its layers on the GPU (fewer, and said so, if they do not fit)
+    or split over RPC workers; one line on stderr says where it runs."""
+    from runtime.engine import gpu
+    from runtime.engine import model as engine
+
+    plan = None if rpc_offload is not None else gpu_plan(opts, source, choice)
+    if plan is not None and not plan.devices:
+        click.echo(plan.line, err=True)
+    retried = False
+    while True:
+        try:
+            llm = engine.Model(
+                source,
+                n_ctx=opts.ctx_size,
+                n_batch=settings.N_BATCH,
+                n_threads=opts.threads or settings.default_threads(),
+                use_mmap=not opts.no_mmap,
+                use_mlock=opts.mlock,
+                n_seq_max=opts.parallel if opts.server else 1,
+                offload=rpc_offload if plan is None else plan.offload,
+            )
+            break
+        except engine.EngineError:
+            if plan is None or plan.layers == 0 or not gpu.out_of_memory():
+                raise
+            fewer = plan.layers * 3 // 4
+            click.echo(
+                f"the GPU ran out of memory with {plan.layers} layers: retrying with {fewer}",
+                err=True,
+            )
+            plan.layers = plan.offload.n_gpu_layers = fewer
+            retried = True
+    if plan is not None and plan.devices:
+        click.echo(gpu.offloaded_line(plan, retried), err=True)
+    return llm
+
+
+def print_system_info(
+    choice: object,
+    endpoints: Optional[list[tuple[str, int]]] = None,
+    opts: Optional[Options] = None,
+) -> None:
     from runtime.engine import cpu, variants
     from runtime.engine import model as engine
     from runtime.rpc import client as rpc
@@ -186,6 +252,48 @@ def print_system_info(choice: object, endpoints: Optional[list[tuple[str, int]]]
     engine.start_backend(choice.path)
     if endpoints:
         rpc.add_servers(endpoints)
+    if opts is not None:
+        gpu_info(opts, choice)
     click.echo("devices:")
     for line in rpc.devices_summary():
         click.echo(f"  {line}")
+
+
+def gpu_info(opts: Options, choice: Any) -> None:
+    """--system-info's GPU part: backends in the file, devices and their self-tests, the choice."""
+    from runtime.engine import gpu, gpu_selftest
+    from runtime.file.boot import archive
+    from runtime.sources import resolve
+
+    carried = gpu.carried()
+    click.echo(f"gpu backends: {', '.join(carried) or 'none in this file'}")
+    verdicts = gpu_selftest.verdicts(choice.path) if carried else {}
+    for backend, tested in verdicts.items():
+        for name, why in tested.items():
+            click.echo(f"  {backend} {name}: {'passed the self-test' if why == 'ok' else why}")
+    try:
+        source = resolve.resolve(opts.model, archive())
+    except resolve.WeightsError:
+        source = None
+    if source is None:
+        return
+    try:
+        plan = gpu.plan(
+            gpu.WORDS[opts.gpu.lower()],
+            opts.gpu_device,
+            opts.main_gpu,
+            opts.split_mode,
+            opts.tensor_split,
+            gpu.parse_ngl(opts.n_gpu_layers),
+            source,
+            opts.ctx_size,
+            settings.N_BATCH,
+            verdicts,
+        )
+    except gpu.GpuError as exc:
+        click.echo(f"gpu choice: {exc}")
+        return
+    for d in plan.devices:
+        click.echo(f"  {d.name}: {d.description} ({d.kind}, {d.memory_text()})")
+    shown = gpu.offloaded_line(plan).replace("offloaded", "would offload", 1)
+    click.echo(f"gpu choice: {shown}")

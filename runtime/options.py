@@ -24,7 +24,11 @@ class Options:
     chat: bool
     cli: bool
     stop: tuple[str, ...]
-    n_gpu_layers: int
+    n_gpu_layers: str
+    gpu: str
+    gpu_device: Optional[str]
+    main_gpu: Optional[int]
+    split_mode: str
     rpc_workers: Optional[str]
     tensor_split: Optional[str]
     rpc_local: bool

@@ -219,6 +219,22 @@ class Model:
                     f"llama.cpp failed to evaluate the prompt (code {rc}) {detail}".strip()
                 )
 
+    def logits_after(self, tokens: list[int]) -> list[list[float]]:
+        """The next-token logits after each prefix of `tokens` (to compare backends)."""
+        C = self._C
+        C.llama_memory_clear(C.llama_get_memory(self._ctx), True)
+        self._cached = []
+        rows = []
+        arr = (C.llama_token * 1)()
+        for token in tokens:
+            arr[0] = token
+            if C.llama_decode(self._ctx, C.llama_batch_get_one(arr, 1)) != 0:
+                raise EngineError("llama.cpp failed to decode")
+            ptr = C.llama_get_logits_ith(self._ctx, -1)
+            rows.append([float(ptr[i]) for i in range(self.n_vocab)])
+        C.llama_memory_clear(C.llama_get_memory(self._ctx), True)
+        return rows
+
     def token_text(self, token: int) -> str:
         """A token's vocabulary text, special tokens included (for template guessing)."""
         raw = self._C.llama_vocab_get_text(self._vocab, token)

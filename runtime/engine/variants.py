@@ -8,6 +8,7 @@ import ctypes
 import functools
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -39,19 +40,39 @@ def available() -> dict[str, Path]:
     return found
 
 
-@functools.cache
 def _packed(directory: Path) -> dict[Path, int]:
-    """The variants the first start left in the .pyz (boot.PACKED_VARIANTS): path -> size.
-    Read once: the listing does not change while a process runs."""
+    """The CPU variants the first start left in the .pyz: path -> size."""
+    return {p: n for p, n in _listing(directory).items() if p.name.startswith(PREFIX)}
+
+
+@functools.cache
+def _listing(directory: Path) -> dict[Path, int]:
+    """The native libraries the first start left in the .pyz (boot.PACKED_VARIANTS): CPU
+    variants, GPU backends and their libraries; path -> size. Read once: the listing does
+    not change while a process runs."""
     try:
         listing = json.loads((directory / PACKED_VARIANTS).read_text())
-        return {
-            directory / name: int(size)
-            for name, size in listing.items()
-            if name.startswith(PREFIX) and "/" not in name
-        }
+        return {directory / name: int(size) for name, size in listing.items() if "/" not in name}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
+
+
+def native(name: str) -> Path | None:
+    """A library the bundle carries beside the CPU variants (a GPU backend, CUDA's own
+    libraries), extracted or still packed; None when it carries none."""
+    for directory in variant_dirs():
+        path = directory / name
+        if path.exists() or path in _listing(directory):
+            return path
+    built = gpu_build_dir() / name  # outside a .pyz: what `make install` built
+    return built if built.exists() else None
+
+
+def gpu_build_dir() -> Path:
+    """Where `make install` puts the GPU backends it built, for `pack build` and for runs
+    outside a .pyz: $LLAMAPYZ_GPU_DIR, else the build environment's llamapyz-gpu folder."""
+    explicit = os.environ.get("LLAMAPYZ_GPU_DIR")
+    return Path(explicit) if explicit else Path(sys.prefix) / "llamapyz-gpu"
 
 
 def _packed_bytes(path: Path) -> bytes:
@@ -97,7 +118,7 @@ def size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError:
-        return _packed(path.parent).get(path, 0)
+        return _listing(path.parent).get(path, 0)
 
 
 _memfds: list[int] = []
@@ -105,12 +126,18 @@ _memfds: list[int] = []
 
 def load(path: Path) -> ctypes.CDLL:
     """The variant's library, loaded from disk, or from memory while it is still packed."""
+    return ctypes.CDLL(loadable(path))
+
+
+def loadable(path: Path) -> str:
+    """A path the dynamic loader can open for `path`: itself, or a copy in memory while the
+    library is still packed (nothing written to disk)."""
     if path.exists():
-        return ctypes.CDLL(str(path))
+        return str(path)
     fd = os.memfd_create(path.name)
     # Left open: the dynamic loader knows a library by its path, and a closed fd's number
     # (so its /proc path) would come back for the next variant.
     _memfds.append(fd)
     with open(fd, "wb", closefd=False) as fh:
         fh.write(_packed_bytes(path))
-    return ctypes.CDLL(f"/proc/self/fd/{fd}")
+    return f"/proc/self/fd/{fd}"

@@ -21,6 +21,8 @@ from typing import Any, Optional
 ARCHIVE: Optional[Path] = None
 VARIANT_FOLDER = "site-packages/bin/"
 VARIANT_PREFIX = "libggml-cpu-"
+# GPU backends and CUDA's libraries: in VARIANT_FOLDER too, extracted only when a device is used
+GPU_PREFIXES = ("libggml-vulkan", "libggml-cuda", "libcudart", "libcublas")
 PACKED_VARIANTS = "packed-variants.json"  # in VARIANT_FOLDER: file name -> size, left in the file
 DEFERRED_LIST = "deferred.json"  # at the zip's root: site-packages entries only a server needs
 DEFERRED_DONE = ".deferred-extracted"  # in site-packages, once those are extracted too
@@ -91,13 +93,17 @@ def python_tag() -> str:
 
 
 def _packed_variant(name: str) -> bool:
-    """A CPU backend variant: left in the file until it is chosen (`runtime.engine.cpu`)."""
-    return name.startswith(VARIANT_FOLDER + VARIANT_PREFIX) and name.endswith(".so")
+    """A CPU backend variant (left in the file until it is chosen, `runtime.engine.cpu`) or
+    a GPU backend or library (until a device uses it, `runtime.engine.gpu`)."""
+    if not name.startswith(VARIANT_FOLDER) or ".so" not in name:
+        return False
+    base = name[len(VARIANT_FOLDER) :]
+    return base.startswith(VARIANT_PREFIX) or base.startswith(GPU_PREFIXES)
 
 
 def _wanted(name: str) -> bool:
-    """site-packages members to extract: all but other Pythons' compiled modules and the CPU
-    variants (a dozen, 19 MB, of which one is used)."""
+    """site-packages members to extract: all but other Pythons' compiled modules, the CPU
+    variants (a dozen, 19 MB, of which one is used) and the GPU backends."""
     if not name.startswith("site-packages/") or name.endswith("/") or _packed_variant(name):
         return False
     if ".cpython-" in name and name.endswith(".so"):
