@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/build-llama-cpp.sh
+$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/build-vulkan.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	house=$$(PYTHON=$(PY) scripts/build-llama-cpp.sh) && \
 	  $(PY) -m pip install --quiet --no-index --find-links "$$house" --no-deps llama-cpp-python==0.3.36 && \
 	  $(PY) -m pip install --quiet --find-links "$$house" -e '.[dev]' numpy diskcache jinja2
+	vk=$$(PYTHON=$(PY) scripts/build-vulkan.sh) && mkdir -p $(VENV)/llamapyz-gpu && \
+	  cp "$$vk" $(VENV)/llamapyz-gpu/libggml-vulkan.so
 	touch $(STAMP)
 
 smollm2.pyz: install

@@ -239,6 +239,7 @@ def build_pyz(
     pythons: Optional[list[str]] = None,
     cache: Optional[Path] = None,
     expected: Optional[Expected] = None,
+    gpu: str = "default",
 ) -> BuildResult:
     """Write `output`: the runtime, plus `model`'s weights unless `model` is None.
 
@@ -262,13 +263,14 @@ def build_pyz(
         facts = dict(known["facts"]) if known else _facts(model, expected)
         learned = dict(facts)
     facts.update(model_extra or {})
-    rz = runtime_zip.build(cache, pythons)
+    rz = runtime_zip.build(cache, pythons, gpu)
     build_info = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "platform": f"{sys.platform}-{platform.machine()}",
         "packages": rz.packages,
         "cpu_variants": rz.cpu_variants,
+        "gpu_backends": rz.gpu_backends,
         "pythons": rz.pythons,
         "runtime_build_id": rz.build_id,
     }

@@ -47,6 +47,11 @@ def cli() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Default arguments for the file, in llamafile's .args format.",
 )
+@click.option(
+    "--gpu",
+    type=click.Choice(["none", "vulkan", "cuda"]),
+    help="GPU backends to carry: vulkan (the default, when built), cuda (adds CUDA), none.",
+)
 def build(
     model: Optional[str],
     run_args: tuple[str, ...],
@@ -55,6 +60,7 @@ def build(
     chat_template: Optional[str],
     args_file: Optional[Path],
     pythons: str,
+    gpu: Optional[str],
 ) -> None:
     """Bundle MODEL (a .gguf, or ollama:NAME[:TAG]) and the runtime into one executable file.
 
@@ -97,9 +103,16 @@ def build(
             model_extra=source.model_extra if source else None,
             pythons=versions,
             expected=source.expected if source else None,
+            gpu=gpu or "default",
         )
     except PackError as exc:
         raise click.ClickException(str(exc)) from None
+    if gpu is None and not result.manifest.build.get("gpu_backends"):
+        click.echo(
+            "note: no GPU backend is built here (make install builds Vulkan's): "
+            "the file runs on the CPU only",
+            err=True,
+        )
     click.echo(f"wrote {result.path} ({result.size_human})", err=True)
 
 
@@ -202,6 +215,7 @@ def inspect(pyz: Path, as_json: bool) -> None:
         f"built:          {b.get('built_at')} with Python {b.get('python')} on {b.get('platform')}"
     )
     click.echo(f"cpu variants:   {', '.join(b.get('cpu_variants', []))}")
+    click.echo(f"gpu backends:   {', '.join(b.get('gpu_backends', [])) or 'none'}")
     click.echo(f"runs on:        CPython {', '.join(b.get('pythons', []))} (Linux x86-64)")
 
 

@@ -57,6 +57,7 @@ class RuntimeZip:
     packages: dict[str, str]
     cpu_variants: list[str]
     pythons: list[str]
+    gpu_backends: list[str]
 
 
 def _dist_files(name: str) -> list[tuple[str, Path]]:
@@ -224,17 +225,18 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def build(cache: Path, pythons: Optional[list[str]] = None) -> RuntimeZip:
-    """The runtime zip for the current build environment and the CPython versions it should
-    run on (default: all supported), from the cache or built now."""
-    from packager import abis
+def build(cache: Path, pythons: Optional[list[str]] = None, gpu: str = "default") -> RuntimeZip:
+    """The runtime zip for the current build environment, the CPython versions it should
+    run on (default: all supported) and the GPU backends (`--gpu`), from the cache or built now."""
+    from packager import abis, gpu_libs
 
     pythons = pythons or list(abis.SUPPORTED)
-    stamp = _stamp(pythons)
+    extra = gpu_libs.files(gpu)
+    stamp = _stamp(pythons + [f"{a}:{s.stat().st_size}:{s.stat().st_mtime_ns}" for a, s in extra])
     known = _recall(cache, stamp)
     if known is not None:
         return known
-    rz = _build(cache, pythons)
+    rz = _build(cache, pythons, extra)
     _remember(cache, stamp, rz)
     return rz
 
@@ -271,6 +273,7 @@ def _recall(cache: Path, stamp: str) -> Optional[RuntimeZip]:
             dict(data["packages"]),
             list(data["cpu_variants"]),
             list(data["pythons"]),
+            list(data.get("gpu_backends", [])),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -285,15 +288,17 @@ def _remember(cache: Path, stamp: str, rz: RuntimeZip) -> None:
         "packages": rz.packages,
         "cpu_variants": rz.cpu_variants,
         "pythons": rz.pythons,
+        "gpu_backends": rz.gpu_backends,
     }
     write_atomic(path, data)
 
 
-def _build(cache: Path, pythons: list[str]) -> RuntimeZip:
-    from packager import abis
+def _build(cache: Path, pythons: list[str], extra: list[tuple[str, Path]]) -> RuntimeZip:
+    from packager import abis, gpu_libs
 
     found = collect()
-    files = sorted(found.files + abis.extension_files(cache, found.compiled, pythons))
+    files = sorted(found.files + extra + abis.extension_files(cache, found.compiled, pythons))
+    gpus = gpu_libs.backends(extra)
     key = _key(files + [(f"python {v}", Path(__file__)) for v in pythons])
     target = cache / "build" / f"runtime-{key}.zip"
     info = target.with_suffix(".json")
@@ -303,14 +308,14 @@ def _build(cache: Path, pythons: list[str]) -> RuntimeZip:
     if target.exists() and info.exists():
         try:
             build_id = json.loads(info.read_text())["build_id"]
-            return RuntimeZip(target, build_id, _versions(), variants, pythons)
+            return RuntimeZip(target, build_id, _versions(), variants, pythons, gpus)
         except (OSError, ValueError, KeyError):
             pass
     target.parent.mkdir(parents=True, exist_ok=True)
     build_id = _write(files, found.deferred, target)
     info.write_text(json.dumps({"build_id": build_id}))
     _prune(target.parent, keep=3)
-    return RuntimeZip(target, build_id, _versions(), variants, pythons)
+    return RuntimeZip(target, build_id, _versions(), variants, pythons, gpus)
 
 
 def _prune(folder: Path, keep: int) -> None:

@@ -104,7 +104,9 @@ def _run_child(backend: str, cpu_variant: Optional[Path]) -> dict[str, str]:
     model = cache_dir() / "selftest-v1.gguf"
     if not model.exists():
         selftest_model.write(model)
-    args = [_site_dir(), backend, str(cpu_variant or ""), str(model)]
+    from runtime.file.boot import archive
+
+    args = [_site_dir(), backend, str(cpu_variant or ""), str(model), str(archive() or "")]
     try:
         out = subprocess.run(
             [sys.executable, "-s", "-c", CODE, *args],
@@ -149,10 +151,20 @@ def child_main(args: list[str]) -> None:
     from runtime.engine import model as engine
     from runtime.sources.source import ModelSource
 
-    backend, variant, model = args[0], args[1], Path(args[2])
+    backend, variant, model, pyz = args[0], args[1], Path(args[2]), args[3]
+    if pyz:  # the packed libraries are read from the .pyz, as in the parent
+        import types
+
+        boot = types.ModuleType("_llamapyz_boot")
+        boot.ARCHIVE = Path(pyz)  # type: ignore[attr-defined]
+        sys.modules["_llamapyz_boot"] = boot
     engine.set_verbose(False)
     engine.start_backend(Path(variant) if variant else None)
-    found = gpu.load(backend, gpu.carried()[backend], keep_on_disk=False)
+    try:
+        found = gpu.load(backend, gpu.carried()[backend], keep_on_disk=False)
+    except gpu.GpuError as exc:
+        print(f"verdict * refused: {exc}\ndone", flush=True)
+        os._exit(0)
     source = ModelSource(model, 0, model.stat().st_size, str(model))
 
     def logits(handles: list[int]) -> list[list[float]]:
