@@ -174,7 +174,7 @@ def test_llamafile_flags(tiny_pyz: Path) -> None:
     plain = out(tiny_pyz, *args)
     gpu = run_pyz(tiny_pyz, *args, "-ngl", "99")
     assert gpu.stdout == plain
-    assert "no GPU support, so -ngl changes nothing" in gpu.stderr
+    assert "warning: -ngl 99 asks for a GPU, but no GPU found" in gpu.stderr
     assert out(tiny_pyz, *args, "--mlock", "--cli") == plain
     assert out(tiny_pyz, *args, "--no-mmap") == plain
     stopped = out(tiny_pyz, *args, "--stop", plain.strip().split()[1])

@@ -89,8 +89,16 @@ def load(backend: str, path: Path, keep_on_disk: bool) -> list[Device]:
         where = str(extracted(path)) if keep_on_disk else loadable(path)
     except (OSError, CpuError) as exc:
         raise GpuError(f"cannot load the {backend} backend ({exc})") from None
-    reg = devices.load_backend(Path(where))
+    from runtime.engine.backend import _stderr_captured
+
+    with _stderr_captured() as said:  # ggml-vulkan writes some of its reasons to stderr
+        reg = devices.load_backend(Path(where))
+    notes = [line for line in said() if "warning: device type is cpu" not in line.lower()]
+    _notes[backend] = notes[-1] if notes else ""
     return devices.of_backend(reg) if reg else []
+
+
+_notes: dict[str, str] = {}  # backend -> the last line it wrote while loading
 
 
 def parse_ngl(value: str) -> Optional[int]:
@@ -130,7 +138,10 @@ def discover(want: str, verdicts: dict[str, dict[str, str]]) -> tuple[list[Devic
             f"{d.name} {tested.get(d.name, 'not self-tested')}" for d in listed if d not in good
         ]
         if not good:
-            why[backend] = "; ".join(refused) if refused else "no device"
+            note = _notes.get(backend)
+            why[backend] = (
+                "; ".join(refused) if refused else "no device" + (f": {note}" if note else "")
+            )
         elif refused:
             print(f"skipping {'; '.join(refused)}", file=sys.stderr)
         found += good
