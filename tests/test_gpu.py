@@ -100,7 +100,16 @@ def test_the_server_answers_on_the_gpu(smollm2_pyz: Path) -> None:
     srv = Server(smollm2_pyz, "-ngl", "99", "-c", "512")
     try:
         assert "offloaded 31/31 layers to Vulkan0" in srv.banner
-        body = json.dumps({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0})
+        with urllib.request.urlopen(srv.url + "/v1/models", timeout=60) as listing:
+            model = json.loads(listing.read())["data"][0]["id"]
+        body = json.dumps(
+            {
+                "model": model,
+                "prompt": "The capital of France is",
+                "max_tokens": 4,
+                "temperature": 0,
+            }
+        )
         request = urllib.request.Request(
             srv.url + "/v1/completions", body.encode(), {"Content-Type": "application/json"}
         )
@@ -116,10 +125,10 @@ def write_big_gguf(path: Path, n_layer: int = 28, n_embd: int = 2048, n_ff: int 
     file, so it is written in a moment."""
     import gguf
 
-    words = ["\u2581the", "\u2581fox", "\u2581dog"] + [
-        chr(c) for c in range(ord("a"), ord("z") + 1)
-    ]
-    tokens = ["<unk>", "<s>", "</s>", *words]
+    ascii_bytes = [0x0A, *range(0x20, 0x7F)]  # as conftest's tiny model: byte fallback
+    pieces = ["\u2581the", "\u2581", *(chr(c) for c in range(ord("a"), ord("z") + 1))]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in ascii_bytes] + pieces
+    types = [2, 3, 3] + [6] * len(ascii_bytes) + [1] * len(pieces)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(512)
     writer.add_embedding_length(n_embd)
@@ -131,7 +140,8 @@ def write_big_gguf(path: Path, n_layer: int = 28, n_embd: int = 2048, n_ff: int 
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores([-float(i) for i in range(len(tokens))])
-    writer.add_token_types([2, 3, 3] + [1] * len(words))
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     shapes = {"token_embd.weight": (len(tokens), n_embd), "output_norm.weight": (n_embd,)}
