@@ -260,12 +260,8 @@ def plan(
             raise GpuError(f"--tensor-split has {len(weights)} weights for {len(chosen)} devices")
     handles = [d.handle for d in chosen]
     mode = SPLIT_MODES[split_mode]
-    result = Plan(
-        chosen, offload.make_offload(handles, layers, mode, main_gpu or 0, weights), units
-    )
-    result.layers = layers
-    result.offload.n_gpu_layers = layers if layers else 0
-    return result
+    placed = offload.make_offload(handles, layers, mode, main_gpu or 0, weights)
+    return Plan(chosen, placed, units, layers)
 
 
 def offloaded_line(p: Plan, retried: bool = False) -> str:
