@@ -33,7 +33,7 @@ else
 fi
 chmod +x "$OUT/m.pyz"
 export LLAMAPYZ_CACHE="$OUT/cache"
-PROMPT=$(yes "The old lighthouse keeper climbed the stairs and lit the lamp." | head -n $((PP / 12 + 1)) | tr '\n' ' ')
+PROMPT=$(for _ in $(seq $((PP / 12 + 1))); do printf '%s ' "The old lighthouse keeper climbed the stairs and lit the lamp."; done)
 now() { date +%s.%N; }
 printf '%-8s %-40s %10s %10s\n' backend line "pp t/s" "tg t/s"
 for backend in $BACKENDS; do
