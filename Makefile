@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/build-vulkan.sh
+$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/build-vulkan.sh scripts/system-packages.sh
+	scripts/system-packages.sh build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	house=$$(PYTHON=$(PY) scripts/build-llama-cpp.sh) && \
