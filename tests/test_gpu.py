@@ -125,10 +125,11 @@ def write_big_gguf(path: Path, n_layer: int = 28, n_embd: int = 2048, n_ff: int 
     file, so it is written in a moment."""
     import gguf
 
-    ascii_bytes = [0x0A, *range(0x20, 0x7F)]  # as conftest's tiny model: byte fallback
+    # Every byte as a fallback token, as real SentencePiece vocabularies have (the GGUF check
+    # refuses one without them: llama.cpp would crash on text outside the vocabulary).
     pieces = ["\u2581the", "\u2581", *(chr(c) for c in range(ord("a"), ord("z") + 1))]
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in ascii_bytes] + pieces
-    types = [2, 3, 3] + [6] * len(ascii_bytes) + [1] * len(pieces)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(512)
     writer.add_embedding_length(n_embd)
