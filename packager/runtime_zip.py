@@ -251,7 +251,10 @@ def _stamp(pythons: list[str]) -> str:
             h.update(f"{entry}\0{os.stat(entry or '.').st_mtime_ns}\n".encode())
     for package in ("runtime", "packager"):
         root = Path(__file__).resolve().parent.parent / package
-        for path in sorted(root.glob("*.py")):
+        # Every room's modules and the chat page's files, not only the top level's.
+        for path in sorted(root.rglob("*")):
+            if path.suffix not in (".py", ".html", ".js") or "__pycache__" in path.parts:
+                continue
             st = path.stat()
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()

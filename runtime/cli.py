@@ -49,6 +49,18 @@ def _read_prompt(prompt: Optional[str]) -> str:
     return prompt
 
 
+def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    from runtime.serve.cors import check_origin
+
+    for value in values:
+        if not check_origin(value):
+            raise click.BadParameter(
+                f"{value!r} is not an origin: give scheme://host[:port], or *",
+                param_hint="'--cors-origin'",
+            )
+    return values
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-p", "--prompt", help="Text to complete; '-' reads it from stdin.")
 @click.option("-m", "--model", help="Run these weights instead: a .gguf, or another .pyz.")
@@ -168,6 +180,12 @@ def _read_prompt(prompt: Optional[str]) -> str:
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--api-key", envvar="LLAMAPYZ_API_KEY", help="Require this key (Bearer) on /v1.")
+@click.option(
+    "--cors-origin",
+    multiple=True,
+    callback=lambda _c, _p, v: _cors_origins(v),
+    help="Let pages from this origin call the server too, besides local ones (repeatable; *: any).",
+)
 @click.option("--nobrowser", is_flag=True, help="Do not open the chat page in a browser.")
 @click.option(
     "-np",

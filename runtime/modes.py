@@ -98,6 +98,7 @@ def serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], soc
         stops=opts.stop,
         api_key=opts.api_key,
         created=int(time.time()),
+        cors_origins=opts.cors_origin,
     )
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(

@@ -39,6 +39,7 @@ class Options:
     host: str
     port: int
     api_key: Optional[str]
+    cors_origin: tuple[str, ...]
     nobrowser: bool
     parallel: int
     grammar_file: Optional[str]

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.chat import templates
 from runtime.engine import grammar
-from runtime.serve import replies
+from runtime.serve import cors, ollama_api, replies
 from runtime.serve.jobs import Job
 from runtime.serve.openai_models import (
     APIError,
@@ -37,7 +37,11 @@ from runtime.serve.service import Service
 WEB = Path(__file__).parent / "web"
 
 
-def _error(status: int, message: str, code: str, param: Optional[str] = None) -> JSONResponse:
+def _error(
+    status: int, message: str, code: str, param: Optional[str] = None, request: Any = None
+) -> JSONResponse:
+    if request is not None and request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status)  # Ollama's shape
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 401:
         kind = "authentication_error"
@@ -57,6 +61,7 @@ class ServerState:
     stops: tuple[str, ...]
     api_key: Optional[str]
     created: int
+    cors_origins: tuple[str, ...] = ()  # --cors-origin: origins allowed besides local pages
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -64,27 +69,29 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="llamapyz", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
-            return _error(400, "the request body is not valid JSON", "invalid_json")
+            return _error(400, "the request body is not valid JSON", "invalid_json", None, request)
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = (
             f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg"))
         )
-        return _error(400, message, "invalid_value", where or None)
+        return _error(400, message, "invalid_value", where or None, request)
 
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.code, exc.param)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.code, exc.param, request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(
             exc.status_code,
             str(exc.detail),
             "not_found" if exc.status_code == 404 else "http_error",
+            None,
+            request,
         )
 
     def authorize(request: Request) -> None:
@@ -178,6 +185,8 @@ def create_app(state: ServerState) -> FastAPI:
             "usage": {"prompt_tokens": used, "total_tokens": used},
         }
 
+    app.include_router(ollama_api.router(state, authorize))
+    app.add_middleware(cors.CORS, origins=state.cors_origins)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -22,8 +23,14 @@ class Job:
     # token, which on a small machine takes a core from llama.cpp's threads.
     stream: bool = True
     parts: list[str] = field(default_factory=list)
+    # When the request came in and when its first text came out (perf_counter), for the
+    # Ollama dialect's prompt_eval_duration and eval_duration.
+    arrived: float = field(default_factory=time.perf_counter)
+    first_text: Optional[float] = None
 
     def emit(self, text: str) -> None:
+        if self.first_text is None:
+            self.first_text = time.perf_counter()
         if self.stream:
             self.on_event("text", text)
         else:
