@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast bench lint clean system-test
 
-install: $(STAMP)
+MARKED := runtime/serve/web/marked.js
+
+install: $(STAMP) $(MARKED)
 
 $(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/build-vulkan.sh scripts/system-packages.sh
 	scripts/system-packages.sh build
@@ -18,6 +20,10 @@ $(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/build-vulkan.sh scri
 	vk=$$(PYTHON=$(PY) scripts/build-vulkan.sh) && mkdir -p $(VENV)/llamapyz-gpu && \
 	  cp "$$vk" $(VENV)/llamapyz-gpu/libggml-vulkan.so
 	touch $(STAMP)
+
+# The chat page's Markdown renderer, from the npm registry (git-ignored; see the script).
+$(MARKED): scripts/fetch_marked.py
+	$(PYTHON) scripts/fetch_marked.py >/dev/null
 
 smollm2.pyz: install
 	$(VENV)/bin/pack build "$$($(PY) scripts/fetch_smollm2.py)" -o smollm2.pyz

@@ -109,6 +109,11 @@ def _runtime_package() -> list[tuple[str, Path]]:
     import runtime
 
     root = Path(runtime.__file__).parent
+    if not (root / "serve" / "web" / "marked.js").is_file():
+        raise PackError(
+            "the chat page's Markdown renderer runtime/serve/web/marked.js is missing: "
+            "run `make install` (it runs scripts/fetch_marked.py)"
+        )
     return [
         (f"runtime/{p.relative_to(root).as_posix()}", p)
         for p in sorted(root.rglob("*"))

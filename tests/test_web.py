@@ -84,3 +84,37 @@ def test_page_shows_model_streams_answer_stops_and_starts_over(page: Any, tmp_pa
     # The page fits a phone: nothing wider than the viewport.
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390
+
+
+def test_markdown_rendered_as_it_streams_and_model_html_escaped(page: Any) -> None:
+    page.wait_for_function("document.getElementById('model').textContent.includes('Smollm2')")
+    page.fill("#input", "Write a Python function that adds two numbers.")
+    page.press("#input", "Enter")
+    # A code block while the reply still streams, and one once it is done.
+    page.wait_for_selector(".msg.assistant.pending pre code", timeout=120_000)
+    page.wait_for_selector(".msg.assistant:not(.pending)", timeout=180_000)
+    blocks = page.locator(".msg.assistant pre")
+    assert blocks.count() >= 1
+    code = blocks.first.locator("code").inner_text()
+    assert "def " in code and "return" in code
+    assert "```" not in page.inner_text(".msg.assistant")  # the fences became the block
+    assert blocks.first.locator("button.copy").inner_text() == "Copy"
+    assert page.locator(".msg.assistant p").count() >= 1  # prose around it: paragraphs
+
+    # The page's own renderer on text a model could write: its HTML stays text.
+    html = (
+        "Hi <img src=x onerror=\"document.title='owned'\"> <b>bold</b>\n\n"
+        "<script>document.title='owned'</script>\n\n"
+        "- one\n- two\n\n[click](javascript:alert(1)) **strong**"
+    )
+    page.evaluate(
+        "(text) => { const d = document.createElement('div'); d.id = 'probe';"
+        " document.body.appendChild(d); render(d, text); }",
+        html,
+    )
+    probe = page.locator("#probe")
+    assert probe.locator("img, b, script, a").count() == 0
+    assert probe.locator("li").count() == 2 and probe.locator("strong").count() == 1
+    text = probe.inner_text()
+    assert "<b>bold</b>" in text and "<img src=x" in text
+    assert page.title() != "owned"

@@ -117,7 +117,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(chat_page())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -188,6 +188,16 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(ollama_api.router(state, authorize))
     app.add_middleware(cors.CORS, origins=state.cors_origins)
     return app
+
+
+def chat_page() -> str:
+    """The chat page, with the Markdown renderer (web/marked.js, from `make install`) inlined."""
+    html = (WEB / "index.html").read_text(encoding="utf-8")
+    renderer = WEB / "marked.js"
+    if renderer.is_file():  # without it the page shows replies as plain text
+        code = renderer.read_text(encoding="utf-8").replace("</script", "<\\/script")
+        html = html.replace('<script id="marked"></script>', f"<script>{code}</script>", 1)
+    return html
 
 
 def _role(role: str) -> str:
