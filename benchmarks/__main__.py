@@ -16,6 +16,7 @@ from typing import Any, Optional
 from benchmarks import (
     chart,
     rows_build,
+    rows_ollama,
     rows_rpc,
     rows_server,
     rows_speed,
@@ -23,6 +24,7 @@ from benchmarks import (
     synthetic,
 )
 from benchmarks.context import REPO, Context, context, env_python3, fetch_script
+from benchmarks.engine_speed import GEN_PROMPT
 from benchmarks.machine import describe
 from benchmarks.peers import Peers, locate
 from benchmarks.procs import BenchError
@@ -165,6 +167,7 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     rows += rows_start.start_rows(ctx, setup)
     rows += rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
     rows += rows_server.server_rows(ctx, setup, peers, args.prompt or "")
+    rows += rows_ollama.ollama_rows(ctx, setup, args.prompt or GEN_PROMPT)
     ctx.log("RPC rows: the model split over 1, 2 and 3 workers on 127.0.0.1 ...")
     rows += rows_rpc.rpc_rows(
         setup.model,

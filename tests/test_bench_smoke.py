@@ -33,6 +33,7 @@ ROW_KEYS = [
     "speed_tg128",
     "server_1_client",
     "server_4_clients",
+    "server_ollama_chat_stream",
     "rpc_tg_1_workers",
 ]
 PEER_ROWS = {"speed_pp512", "speed_tg128", "server_1_client", "server_4_clients"}
