@@ -47,9 +47,7 @@ def router(state: Any, authorize: Any) -> APIRouter:
 
     @api.get("/api/version")
     async def version() -> dict[str, str]:
-        import runtime
-
-        return {"version": ollama_facts.VERSION, "llamapyz": runtime.__version__}
+        return {"version": ollama_facts.VERSION}
 
     @api.get("/api/tags")
     async def tags() -> dict[str, Any]:
