@@ -186,8 +186,6 @@ def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any
     from runtime.engine import model as engine
 
     plan = None if rpc_offload is not None else gpu_plan(opts, source, choice)
-    if plan is not None and not plan.devices:
-        click.echo(plan.line, err=True)
     retried = False
     while True:
         try:
@@ -212,7 +210,8 @@ def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any
             )
             plan.layers = plan.offload.n_gpu_layers = fewer
             retried = True
-    if plan is not None and plan.devices:
+    if plan is not None and (plan.devices or plan.line):
+        # Said once the model has loaded, so that a file llama.cpp refuses gets one line.
         click.echo(gpu.offloaded_line(plan, retried), err=True)
     return llm
 

@@ -49,7 +49,7 @@ class Plan:
     offload: Optional[offload.GpuOffload]
     units: int = 0  # the model's n_layer + 1
     layers: int = 0  # units offloaded
-    line: str = ""  # said on stderr before the load (no GPU) or after it (offloaded)
+    line: str = ""  # said on stderr once the model has loaded, where there is no GPU
     why_none: dict[str, str] = field(default_factory=dict)  # backend -> why it has no device
 
 
