@@ -16,6 +16,7 @@ from typing import Any, Optional
 from benchmarks import (
     chart,
     rows_build,
+    rows_gpu,
     rows_ollama,
     rows_rpc,
     rows_server,
@@ -62,6 +63,22 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         "the script's own (built first if missing; with --quick, those rows are skipped).",
     )
     p.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="Only the GPU rows (scripts/gpu-check.sh runs these).",
+    )
+    p.add_argument(
+        "--gpu-backends",
+        default=",".join(rows_gpu.BACKENDS),
+        help="The GPU backends whose rows run, where they have a device. Default: vulkan,cuda.",
+    )
+    p.add_argument(
+        "--gpu-lavapipe",
+        action="store_true",
+        help="Count lavapipe (Mesa's CPU Vulkan driver; set GGML_VK_VISIBLE_DEVICES=0) as a GPU: "
+        "a smoke run of the GPU rows, not a measurement.",
+    )
+    p.add_argument(
         "--reps", type=int, help=f"Repetitions per row. Default: {REPS}, or 1 with --quick."
     )
     p.add_argument(
@@ -74,6 +91,10 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         p.error("--reps must be at least 1")
     if args.model is not None and not args.model.is_file():
         p.error(f"--model {args.model} is not a file")
+    backends = tuple(b.strip() for b in args.gpu_backends.split(",") if b.strip())
+    if not backends or any(b not in rows_gpu.BACKENDS for b in backends):
+        p.error(f"--gpu-backends {args.gpu_backends}: give some of {', '.join(rows_gpu.BACKENDS)}")
+    args.gpu_backends = backends
     if args.peers is not None and not args.peers.is_dir():
         p.error(f"--peers {args.peers} is not a directory")
     return args
@@ -163,6 +184,13 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     # A full run builds the peers first (10-20 minutes, once); a quick one never waits for that.
     peers = locate(ctx, setup.variant, build=not args.quick, given=args.peers)
     loaded = rows_speed.check_variant(ctx, peers, setup) if peers else None
+    quick = args.quick or args.gpu_lavapipe  # lavapipe: about 1 tok/s
+    gpu_opts = rows_gpu.Options(
+        args.gpu_backends, args.gpu_lavapipe, pp=32 if quick else 512, tg=8 if quick else 128
+    )
+    gpu = rows_gpu.gpu_rows(ctx, setup, peers, args.prompt or "", gpu_opts)
+    if args.gpu_only:
+        return Measured(gpu, setup, peers, loaded)
     rows = rows_build.build_rows(ctx, sizes)
     rows += rows_start.start_rows(ctx, setup)
     rows += rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
@@ -178,7 +206,7 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
         env=ctx.env,
         prompt=args.prompt or "",
     )
-    return Measured(rows, setup, peers, loaded)
+    return Measured(rows + gpu, setup, peers, loaded)
 
 
 def _exit_on_term(signum: int, _frame: object) -> None:
@@ -231,6 +259,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             "prompt": args.prompt,
             "model": str(setup.model),
             "peers": str(args.peers) if args.peers else None,
+            "gpu_only": args.gpu_only,
+            "gpu_backends": list(args.gpu_backends),
+            "gpu_lavapipe": args.gpu_lavapipe,
         },
         "peers": None
         if peers is None

@@ -1,7 +1,11 @@
 """Run as a script: time llamapyz's own engine on prompt processing or generation, as
 llama-bench times llama.cpp (its pp and tg tests), and print the samples as JSON.
 
-    engine_speed.py MODEL VARIANT THREADS pp|tg N REPS [PROMPT]
+    engine_speed.py MODEL VARIANT THREADS pp|tg N REPS [PROMPT] [GPU]
+
+GPU (optional) is BACKEND:DEVICE:LAYERS, e.g. vulkan:Vulkan0:31: the layers go to that one
+device as `./model.pyz --gpu BACKEND --device DEVICE -ngl LAYERS` puts them (the device's
+self-test first, runtime.engine.gpu's plan); the result says where they went.
 
 MODEL is the .pyz (its embedded weights, loaded through the FILE* path) or a GGUF. The start
 is cli.main()'s: engine.set_verbose(False), the CPU variant (the one llamapyz chose, passed
@@ -50,6 +54,29 @@ def _random_prompts(n_vocab: int, n: int) -> tuple[list[int], list[int]]:
     return a, b
 
 
+def _gpu_offload(spec: str, cpu_path: object, source: object, result: dict[str, object]) -> object:
+    """The offload of `spec` (BACKEND:DEVICE:LAYERS) as the runtime plans it; records it."""
+    from runtime.engine import gpu, gpu_selftest, settings
+
+    backend, device, layers = spec.split(":")
+    plan = gpu.plan(
+        backend,
+        device,
+        None,
+        "none",
+        None,
+        int(layers),
+        source,  # type: ignore[arg-type]
+        settings.CTX_SIZE,
+        settings.N_BATCH,
+        gpu_selftest.verdicts(cpu_path),  # type: ignore[arg-type]
+    )
+    if not plan.devices:
+        raise SystemExit(f"--gpu {backend} --device {device}: {plan.line}")
+    result.update(gpu=spec, gpu_line=gpu.offloaded_line(plan), gpu_layers=plan.layers)
+    return plan.offload
+
+
 def main(argv: list[str]) -> None:
     spec, variant, threads, mode, n, reps = (
         argv[0],
@@ -60,6 +87,7 @@ def main(argv: list[str]) -> None:
         int(argv[5]),
     )
     gen_prompt = argv[6] if len(argv) > 6 and argv[6] else GEN_PROMPT
+    gpu_spec = argv[7] if len(argv) > 7 else ""
     from runtime.engine import cpu, settings
     from runtime.engine import model as engine
     from runtime.sources import resolve as weights
@@ -70,8 +98,13 @@ def main(argv: list[str]) -> None:
     source = weights.resolve(spec, None)
     greedy = engine.Sampling(temp=0.0)
     result: dict[str, object] = {"variant": choice.variant, "threads": threads, "mode": mode}
+    offload = _gpu_offload(gpu_spec, choice.path, source, result) if gpu_spec else None
     with engine.Model(
-        source, n_ctx=settings.CTX_SIZE, n_batch=settings.N_BATCH, n_threads=threads
+        source,
+        n_ctx=settings.CTX_SIZE,
+        n_batch=settings.N_BATCH,
+        n_threads=threads,
+        offload=offload,
     ) as model:
         if mode == "pp":
             a, b = _random_prompts(model.n_vocab, n)

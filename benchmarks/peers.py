@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,7 @@ from benchmarks.procs import BenchError
 
 SCRIPT = REPO / "scripts" / "build-peers.sh"
 NOT_BUILT = "skipped: run scripts/build-peers.sh (or make bench) first"
+ONE_SIDED = "llamapyz only: the peers are not built (scripts/build-peers.sh)"
 LOADED = re.compile(r"loaded CPU backend from (\S+)")
 
 
@@ -26,10 +28,14 @@ class Peers:
     root: Path  # .../peers/llama.cpp-0.3.36-<hash>
     variant: Optional[str]
     build_s: Optional[float]  # how long this run spent building them; None: already built
+    gpu_bin: Optional[Path] = None  # with_gpu's folder: bin-<variant>/ and one GPU backend
+    lib_path: Optional[Path] = None  # where that backend's own libraries are (CUDA's)
 
     @property
     def bin(self) -> Path:
         """bin-<variant>/: the binaries beside ONLY libggml-cpu-<variant>.so."""
+        if self.gpu_bin is not None:
+            return self.gpu_bin
         return self.root / (f"bin-{self.variant}" if self.variant else "bin")
 
     @property
@@ -56,7 +62,30 @@ class Peers:
         """The environment for the peers: nothing that adds a backend of its own."""
         env = dict(base)
         env.pop("GGML_BACKEND_PATH", None)
+        if self.lib_path is not None:
+            env["LD_LIBRARY_PATH"] = ":".join(
+                p for p in (str(self.lib_path), env.get("LD_LIBRARY_PATH", "")) if p
+            )
         return env
+
+    def with_gpu(self, backend_lib: Path, folder: Path) -> Peers:
+        """These peers with one GPU backend: `folder` gets bin-<variant>/'s files (hard links,
+        as the script makes them: ggml searches the directory of /proc/self/exe) and a link to
+        `backend_lib`, the very libggml-vulkan.so or libggml-cuda.so that llamapyz carries,
+        built from the same llama.cpp source and flags (scripts/build-vulkan.sh, build-cuda.sh).
+        llama-bench and llama-server load it as they load their CPU variant."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in self.bin.iterdir():
+            target = folder / file.name
+            if not target.exists():
+                try:
+                    os.link(file, target)
+                except OSError:
+                    shutil.copy2(file, target)
+        link = folder / backend_lib.name
+        if not link.exists():
+            link.symlink_to(backend_lib.resolve())
+        return replace(self, gpu_bin=folder, lib_path=backend_lib.resolve().parent)
 
 
 def _script(build: bool, ctx: Context) -> Optional[Path]:

@@ -34,7 +34,8 @@ from typing import IO, Any, Callable, Optional
 
 from benchmarks.context import Context
 from benchmarks.engine_speed import GEN_PROMPT
-from benchmarks.peers import NOT_BUILT, Peers, loaded_variant
+from benchmarks.gpu_side import GpuSide
+from benchmarks.peers import NOT_BUILT, ONE_SIDED, Peers, loaded_variant
 from benchmarks.procs import BenchError
 from benchmarks.rows_start import Setup
 from benchmarks.table import Goal, Row
@@ -83,6 +84,7 @@ class Server:
     log: IO[bytes] = field(default_factory=tempfile.TemporaryFile)
     proc: Optional[subprocess.Popen[bytes]] = None
     model_id: str = ""
+    max_tokens: int = N_TOKENS
 
     @property
     def base(self) -> str:
@@ -129,7 +131,7 @@ class Server:
         body = {
             "model": self.model_id,
             "prompt": prompt,
-            "max_tokens": N_TOKENS,
+            "max_tokens": self.max_tokens,
             "temperature": 0,
         }
         start = time.perf_counter()
@@ -195,18 +197,23 @@ def concurrent(server: Server, prompts: list[str]) -> tuple[int, float, list[int
 
 
 def undisturbed(
-    ctx: Context, server: Server, threads: int, send: Callable[[], tuple[int, float]]
+    ctx: Context,
+    server: Server,
+    threads: int,
+    send: Callable[[], tuple[int, float]],
+    starved: float = STARVED,
 ) -> tuple[int, float, float, int]:
     """`send` (tokens, wall) until the server got its share of the CPUs meanwhile, at most
-    MAX_TRIES times (once in a smoke run): (tokens, wall, CPU share, tries)."""
-    tries = MAX_TRIES if ctx.reps > 1 else 1
+    MAX_TRIES times (once in a smoke run, or on a GPU: `starved` 0): (tokens, wall, CPU
+    share, tries)."""
+    tries = MAX_TRIES if ctx.reps > 1 and starved > 0 else 1
     for attempt in range(1, tries + 1):
         if attempt > 1:
             ctx.quiet()
         cpu = server.cpu_seconds()
         tokens, wall = send()
         share = (server.cpu_seconds() - cpu) / (wall * threads) if wall > 0 else 0.0
-        if share >= STARVED or attempt == tries:
+        if share >= starved or attempt == tries:
             return tokens, wall, share, attempt
         ctx.log(f"  ({server.name} got {share:.0%} of the CPUs: other work ran meanwhile; again)")
     raise AssertionError("unreachable")
@@ -227,37 +234,50 @@ class Samples:
     redone: int = 0
 
 
-def _servers(ctx: Context, setup: Setup, peers: Peers) -> dict[str, Server]:
+def _servers(
+    ctx: Context, setup: Setup, peers: Optional[Peers], gpu: Optional[GpuSide] = None
+) -> dict[str, Server]:
     threads = str(setup.threads)
+    max_tokens = gpu.tg if gpu else N_TOKENS
     port = free_port()
     # /v1/completions uses no chat template; naming one spares a GGUF that has none (the smoke
     # test's tiny one) the guess, which tokenizes chat markers that its vocabulary cannot.
     ours = Server(
         "llamapyz --server",
         [str(setup.pyz), "--server", "--port", str(port), "--nobrowser", "-t", threads]
-        + ["--parallel", str(PEER_SLOTS), "--chat-template", "chatml"],
+        + ["--parallel", str(PEER_SLOTS), "--chat-template", "chatml"]
+        + (gpu.ours_flags() if gpu else []),
         None,
-        ctx.env,
+        {**ctx.env, **(gpu.env if gpu else {})},
         port,
+        max_tokens=max_tokens,
     )
+    if peers is None:
+        return {"ours": ours}
     port = free_port()
     peer = Server(
         PEER_NAME,
         [str(peers.server), "-m", str(setup.model), "-t", threads, "--port", str(port)]
-        + ["-np", str(PEER_SLOTS), "-c", str(PEER_CTX)],
+        + ["-np", str(PEER_SLOTS), "-c", str(PEER_CTX)]
+        + (gpu.server_flags() if gpu else []),
         peers.bin,  # ggml also looks for backends in the working directory
         peers.env(ctx.env),
         port,
+        max_tokens=max_tokens,
     )
     return {"ours": ours, "peer": peer}
 
 
-def _measure(ctx: Context, servers: dict[str, Server], prompt: str, threads: int) -> Samples:
+def _measure(
+    ctx: Context, servers: dict[str, Server], prompt: str, threads: int, starved: float
+) -> Samples:
     samples = Samples()
     runs = min(ctx.reps, MAX_RUNS)
     for rep in range(runs):
         samples.busy.append(ctx.quiet())
-        order = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")
+        order = tuple(
+            s for s in (("ours", "peer") if rep % 2 == 0 else ("peer", "ours")) if s in servers
+        )
         for side in order:
             server = servers[side]
             texts: list[str] = []
@@ -267,7 +287,7 @@ def _measure(ctx: Context, servers: dict[str, Server], prompt: str, threads: int
                 texts.append(text)
                 return tokens, wall
 
-            tokens, wall, share, tries = undisturbed(ctx, server, threads, one)
+            tokens, wall, share, tries = undisturbed(ctx, server, threads, one, starved)
             samples.redone += tries - 1
             samples.one[side].append(tokens / wall)
             samples.tokens_one[side].append(tokens)
@@ -284,15 +304,17 @@ def _measure(ctx: Context, servers: dict[str, Server], prompt: str, threads: int
                 counts.append(each)
                 return tokens, wall
 
-            tokens, wall, share, tries = undisturbed(ctx, server, threads, many)
+            tokens, wall, share, tries = undisturbed(ctx, server, threads, many, starved)
             samples.redone += tries - 1
             samples.many[side].append(tokens / wall)
             samples.tokens_many[side].append(counts[-1])
             samples.share_many[side].append(share)
+        peer_one = f"{samples.one['peer'][-1]:.1f}" if samples.one["peer"] else "-"
+        peer_many = f"{samples.many['peer'][-1]:.1f}" if samples.many["peer"] else "-"
         ctx.log(
             f"  run {rep + 1}/{runs}: 1 client: llamapyz {samples.one['ours'][-1]:.1f}, "
-            f"{PEER_NAME} {samples.one['peer'][-1]:.1f} tok/s; {CLIENTS} clients: llamapyz "
-            f"{samples.many['ours'][-1]:.1f}, {PEER_NAME} {samples.many['peer'][-1]:.1f} tok/s"
+            f"{PEER_NAME} {peer_one} tok/s; {CLIENTS} clients: llamapyz "
+            f"{samples.many['ours'][-1]:.1f}, {PEER_NAME} {peer_many} tok/s"
         )
     return samples
 
@@ -311,12 +333,35 @@ def skipped_rows(why: str = NOT_BUILT) -> list[Row]:
     ]
 
 
-def server_rows(ctx: Context, setup: Setup, peers: Optional[Peers], prompt: str) -> list[Row]:
-    """One client and four, against llama-server; skipped when the peers are not built."""
-    if peers is None:
+def _check_gpu(servers: dict[str, Server], gpu: GpuSide) -> dict[str, str]:
+    """Both servers' own lines saying where the layers went; a BenchError unless both put
+    `gpu.layers` layers on the GPU."""
+    said: dict[str, str] = {}
+    for side, server in servers.items():
+        want = f"offloaded {gpu.layers}/{gpu.units} layers to " + (
+            gpu.device if side == "ours" else "GPU"
+        )
+        found = [line for line in server.log_text().splitlines() if "offloaded" in line]
+        if not any(want in line for line in found):
+            raise BenchError(f"{server.name} did not say {want!r} (it said {found[:2]})")
+        said[side] = found[0].strip()
+    return said
+
+
+def server_rows(
+    ctx: Context,
+    setup: Setup,
+    peers: Optional[Peers],
+    prompt: str,
+    gpu: Optional[GpuSide] = None,
+) -> list[Row]:
+    """One client and four, against llama-server; skipped when the peers are not built. With
+    `gpu`, both servers put the same layers on the same device (llamapyz's alone is measured
+    when the peers are not built, and the rows say so)."""
+    if peers is None and gpu is None:
         return skipped_rows()
     prompt = prompt or GEN_PROMPT
-    servers = _servers(ctx, setup, peers)
+    servers = _servers(ctx, setup, peers, gpu)
     ctx.log(f"servers: 1 client and {CLIENTS} at once ({min(ctx.reps, MAX_RUNS)} runs) ...")
     try:
         for server in servers.values():
@@ -324,20 +369,25 @@ def server_rows(ctx: Context, setup: Setup, peers: Optional[Peers], prompt: str)
         for server in servers.values():
             server.wait_ready()
             server.complete(prompt)  # untimed: the first request pays for warming up
-        loaded = loaded_variant(servers["peer"].log_text())
+        loaded = loaded_variant(servers["peer"].log_text()) if "peer" in servers else None
         want = f"libggml-cpu-{setup.variant}.so" if setup.variant else None
         if want and loaded and loaded != want:
             raise BenchError(f"llama-server loaded {loaded}, not {want}")
-        samples = _measure(ctx, servers, prompt, setup.threads)
+        where = _check_gpu(servers, gpu) if gpu else {}
+        samples = _measure(ctx, servers, prompt, setup.threads, STARVED if gpu is None else 0.0)
     finally:
         for server in servers.values():
             server.stop()
+    skipped = None if "peer" in servers else ONE_SIDED
+    keys = [gpu.key(k) for k in KEYS] if gpu else list(KEYS)
+    names = [gpu.name(n) for n in NAMES] if gpu else list(NAMES)
     common = {
         "llamapyz_command": servers["ours"].cmd,
-        "peer_command": servers["peer"].cmd,
+        "peer_command": servers["peer"].cmd if "peer" in servers else None,
+        "gpu_lines": where,
         "peer_cpu_backend": loaded,
         "prompt": prompt,
-        "max_tokens": N_TOKENS,
+        "max_tokens": servers["ours"].max_tokens,
         "llamapyz_text": samples.text.get("ours"),
         "peer_text": samples.text.get("peer"),
         "busy_before_rep": samples.busy,
@@ -345,13 +395,14 @@ def server_rows(ctx: Context, setup: Setup, peers: Optional[Peers], prompt: str)
     }
     return [
         Row(
-            key=KEYS[0],
-            name=NAMES[0],
+            key=keys[0],
+            name=names[0],
             unit="tok/s",
             ours=samples.one["ours"],
             peer_name=PEER_NAME,
             peer=samples.one["peer"],
-            goal=GOAL_ONE,
+            goal=GOAL_ONE,  # 0.95: issue 12's goal for the GPU rows too
+            skipped=skipped,
             extra={
                 **common,
                 "llamapyz_tokens": samples.tokens_one["ours"],
@@ -361,13 +412,14 @@ def server_rows(ctx: Context, setup: Setup, peers: Optional[Peers], prompt: str)
             },
         ),
         Row(
-            key=KEYS[1],
-            name=NAMES[1],
+            key=keys[1],
+            name=names[1],
             unit="tok/s",
             ours=samples.many["ours"],
             peer_name=PEER_NAME,
             peer=samples.many["peer"],
-            goal=GOAL_MANY,
+            goal=GOAL_ONE if gpu else GOAL_MANY,
+            skipped=skipped,
             extra={
                 **common,
                 "clients": CLIENTS,

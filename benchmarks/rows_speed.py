@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from benchmarks.context import Context
-from benchmarks.peers import NOT_BUILT, Peers, loaded_variant
+from benchmarks.gpu_side import GpuSide
+from benchmarks.peers import NOT_BUILT, ONE_SIDED, Peers, loaded_variant
 from benchmarks.procs import BenchError
 from benchmarks.rows_start import Setup
 from benchmarks.table import Goal, Row
@@ -35,6 +36,7 @@ MAX_RUNS = 5  # interleaved runs of each side per row
 STARVED = 0.9  # a run that got less than this share of threads x wall CPU seconds is redone
 MAX_TRIES = 3
 GOAL = Goal(">=", 0.97, on_ratio=True)
+GPU_GOAL = Goal(">=", 0.95, on_ratio=True)  # issue 12's, for every GPU row
 PEER_NAME = "llama-bench"
 
 
@@ -108,7 +110,14 @@ def _reps(ctx: Context) -> tuple[int, int]:
     return min(ctx.reps, MAX_RUNS), BENCH_REPS if ctx.reps > 1 else 1
 
 
-def ours_command(ctx: Context, setup: Setup, test: Test, passes: int, prompt: str) -> list[str]:
+def ours_command(
+    ctx: Context,
+    setup: Setup,
+    test: Test,
+    passes: int,
+    prompt: str,
+    gpu: Optional[GpuSide] = None,
+) -> list[str]:
     return [
         str(ctx.python),
         str(ENGINE_SCRIPT),
@@ -119,10 +128,17 @@ def ours_command(ctx: Context, setup: Setup, test: Test, passes: int, prompt: st
         str(test.tokens),
         str(passes),
         prompt,
+        *([gpu.spec] if gpu else []),
     ]
 
 
-def peer_command(peers: Peers, setup: Setup, bench_args: tuple[str, ...], passes: int) -> list[str]:
+def peer_command(
+    peers: Peers,
+    setup: Setup,
+    bench_args: tuple[str, ...],
+    passes: int,
+    gpu: Optional[GpuSide] = None,
+) -> list[str]:
     return [
         str(peers.bench),
         "-m",
@@ -134,6 +150,7 @@ def peer_command(peers: Peers, setup: Setup, bench_args: tuple[str, ...], passes
         str(passes),
         "-o",
         "json",
+        *(gpu.bench_flags() if gpu else ()),
     ]
 
 
@@ -168,49 +185,84 @@ def check_variant(ctx: Context, peers: Peers, setup: Setup) -> Optional[str]:
     return loaded
 
 
-def _ours(ctx: Context, cmd: list[str], threads: int) -> dict[str, Any]:
-    done = run_child(cmd, ctx.env, threads)
+def _ours(
+    ctx: Context, cmd: list[str], threads: int, gpu: Optional[GpuSide] = None
+) -> dict[str, Any]:
+    done = run_child(cmd, {**ctx.env, **(gpu.env if gpu else {})}, threads)
     text = done.stdout
     try:
         result: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:
         raise BenchError(f"{' '.join(cmd)} printed no result ({exc}):\n{text[-500:]}") from None
     result["cpu_share"] = done.cpu_share
+    if gpu is not None and result.get("gpu_layers") != gpu.layers:
+        raise BenchError(f"{' '.join(cmd)} put {result.get('gpu_line')!r}, not {gpu.spec}")
     return result
 
 
-def _undisturbed(ctx: Context, runs: Runs, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _peer_on_gpu(result: dict[str, Any], cmd: list[str], gpu: GpuSide) -> dict[str, Any]:
+    """llama-bench's result, after checking that it ran on the same backend and layers."""
+    if gpu.ggml_backend not in str(result.get("backends", "")) or (
+        int(result.get("n_gpu_layers", -1)) != gpu.layers
+    ):
+        raise BenchError(
+            f"{' '.join(cmd)} ran on {result.get('backends')!r} with "
+            f"{result.get('n_gpu_layers')} layers, not {gpu.ggml_backend} with {gpu.layers}"
+        )
+    return result
+
+
+def _undisturbed(
+    ctx: Context, runs: Runs, measure: Callable[[], dict[str, Any]], starved: float = STARVED
+) -> dict[str, Any]:
     """A run that got its share of the CPUs, if one of MAX_TRIES does (else the last). A smoke
-    run (--reps 1) takes the first: on a tiny model Python, not ggml, fills the time."""
-    for attempt in range(MAX_TRIES if ctx.reps > 1 else 1):
+    run (--reps 1) takes the first: on a tiny model Python, not ggml, fills the time. On a GPU
+    (`starved` 0) the CPUs mostly wait, so the share says nothing: the first run counts."""
+    for attempt in range(MAX_TRIES if ctx.reps > 1 and starved > 0 else 1):
         if attempt:
             runs.redone += 1
             ctx.quiet()
         result = measure()
-        if result["cpu_share"] >= STARVED:
+        if result["cpu_share"] >= starved:
             break
         ctx.log(f"  (a run got {result['cpu_share']:.0%} of the CPUs: other work ran meanwhile)")
     return result
 
 
-def _measure(ctx: Context, setup: Setup, peers: Peers, test: Test, prompt: str) -> Runs:
+def _measure(
+    ctx: Context,
+    setup: Setup,
+    peers: Optional[Peers],
+    test: Test,
+    prompt: str,
+    gpu: Optional[GpuSide] = None,
+) -> Runs:
+    """Interleaved runs of both sides (llamapyz's alone when `peers` is None: a GPU smoke run)."""
     runs_n, passes = _reps(ctx)
-    ours_cmd = ours_command(ctx, setup, test, passes, prompt)
-    peer_cmd = peer_command(peers, setup, test.bench_args, passes)
+    ours_cmd = ours_command(ctx, setup, test, passes, prompt, gpu)
+    peer_cmd = peer_command(peers, setup, test.bench_args, passes, gpu) if peers else []
     runs = Runs()
     threads = setup.threads
+    starved = STARVED if gpu is None else 0.0
+
+    def peer_run(cmd: list[str]) -> dict[str, Any]:
+        assert peers is not None
+        result = run_bench(ctx, peers, cmd, threads)[0]
+        return result if gpu is None else _peer_on_gpu(result, cmd, gpu)
+
     for rep in range(runs_n):
         runs.busy.append(ctx.quiet())
         for which in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
             if which == "ours":
-                runs.ours.append(_undisturbed(ctx, runs, lambda: _ours(ctx, ours_cmd, threads)))
-            else:
-                runs.peer.append(
-                    _undisturbed(ctx, runs, lambda: run_bench(ctx, peers, peer_cmd, threads)[0])
+                runs.ours.append(
+                    _undisturbed(ctx, runs, lambda: _ours(ctx, ours_cmd, threads, gpu), starved)
                 )
+            elif peers is not None:
+                runs.peer.append(_undisturbed(ctx, runs, lambda: peer_run(peer_cmd), starved))
+        peer_text = f"{runs.peer[-1]['avg_ts']:.1f} tok/s" if runs.peer else "not built"
         ctx.log(
             f"  run {rep + 1}/{runs_n}: llamapyz {runs.ours[-1]['avg_ts']:.1f} tok/s, "
-            f"{PEER_NAME} {runs.peer[-1]['avg_ts']:.1f} tok/s"
+            f"{PEER_NAME} {peer_text}"
         )
     return runs
 
@@ -231,16 +283,22 @@ PEER_FIELDS = (
 )
 
 
-def _row(test: Test, runs: Runs, ours_cmd: list[str], peer_cmd: list[str]) -> Row:
-    first_peer = runs.peer[0]
+def _row(
+    test: Test,
+    runs: Runs,
+    ours_cmd: list[str],
+    peer_cmd: list[str],
+    gpu: Optional[GpuSide] = None,
+) -> Row:
+    first_peer = runs.peer[0] if runs.peer else {}
     return Row(
-        key=test.key,
-        name=test.name,
+        key=gpu.key(test.key) if gpu else test.key,
+        name=gpu.name(test.name) if gpu else test.name,
         unit="tok/s",
         ours=[float(r["avg_ts"]) for r in runs.ours],
         peer_name=PEER_NAME,
         peer=[float(r["avg_ts"]) for r in runs.peer],
-        goal=GOAL,
+        goal=GPU_GOAL if gpu else GOAL,
         extra={
             "llamapyz_command": ours_cmd,
             "peer_command": peer_cmd,
@@ -253,7 +311,19 @@ def _row(test: Test, runs: Runs, ours_cmd: list[str], peer_cmd: list[str]) -> Ro
             "llamapyz_cpu_share": [r["cpu_share"] for r in runs.ours],
             "peer_cpu_share": [r["cpu_share"] for r in runs.peer],
             "runs_redone_for_cpu_share": runs.redone,
+            "gpu": None
+            if gpu is None
+            else {
+                "backend": gpu.backend,
+                "device": gpu.device,
+                "description": gpu.description,
+                "layers": gpu.layers,
+                "units": gpu.units,
+                "llamapyz_line": runs.ours[0].get("gpu_line"),
+                "peer_gpu_info": first_peer.get("gpu_info"),
+            },
         },
+        skipped=None if runs.peer else ONE_SIDED,
     )
 
 
@@ -272,21 +342,47 @@ def skipped_rows(why: str = NOT_BUILT) -> list[Row]:
     ]
 
 
-def speed_rows(ctx: Context, setup: Setup, peers: Optional[Peers], prompt: str) -> list[Row]:
-    """pp512 and tg128 against llama-bench; skipped (with a note) when the peers are not built."""
-    if peers is None:
+def gpu_tests(gpu: GpuSide) -> tuple[Test, ...]:
+    """pp and tg at the GPU side's sizes (512 and 128 but in a smoke run)."""
+    return (
+        Test(
+            f"speed_pp{gpu.pp}",
+            f"prompt processing, {gpu.pp} tokens, vs llama-bench pp{gpu.pp}",
+            "pp",
+            gpu.pp,
+            ("-p", str(gpu.pp), "-n", "0"),
+        ),
+        Test(
+            f"speed_tg{gpu.tg}",
+            f"generation, {gpu.tg} tokens, vs llama-bench tg{gpu.tg}",
+            "tg",
+            gpu.tg,
+            ("-p", "0", "-n", str(gpu.tg)),
+        ),
+    )
+
+
+def speed_rows(
+    ctx: Context,
+    setup: Setup,
+    peers: Optional[Peers],
+    prompt: str,
+    gpu: Optional[GpuSide] = None,
+) -> list[Row]:
+    """pp512 and tg128 against llama-bench; skipped (with a note) when the peers are not built.
+    With `gpu`, both sides put the same layers on the same device; llamapyz's side alone is
+    measured when the peers are not built (the row says so)."""
+    if peers is None and gpu is None:
         return skipped_rows()
     rows = []
     runs_n, passes = _reps(ctx)
-    for test in TESTS:
-        ctx.log(f"{test.name} ({runs_n} runs of {passes} passes each) ...")
-        runs = _measure(ctx, setup, peers, test, prompt)
+    for test in gpu_tests(gpu) if gpu else TESTS:
+        ctx.log(
+            f"{gpu.name(test.name) if gpu else test.name} ({runs_n} runs of {passes} passes each) ..."
+        )
+        runs = _measure(ctx, setup, peers, test, prompt, gpu)
+        peer_cmd = peer_command(peers, setup, test.bench_args, passes, gpu) if peers else []
         rows.append(
-            _row(
-                test,
-                runs,
-                ours_command(ctx, setup, test, passes, prompt),
-                peer_command(peers, setup, test.bench_args, passes),
-            )
+            _row(test, runs, ours_command(ctx, setup, test, passes, prompt, gpu), peer_cmd, gpu)
         )
     return rows

@@ -76,7 +76,7 @@ class Row:
     def met(self) -> Optional[bool]:
         """None for a skipped row."""
         ours = self.ours_median
-        return None if ours is None else self.goal.met(ours, self.ratio)
+        return None if ours is None or self.skipped else self.goal.met(ours, self.ratio)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,8 +100,17 @@ class Row:
 
     def cells(self) -> tuple[str, ...]:
         ours = self.ours_median
-        if self.skipped or ours is None:
+        if ours is None:
             return (self.name, "-", "-", "-", self.goal.text(self.unit), self.skipped or "skipped")
+        if self.skipped:  # measured on one side only: no ratio, no verdict
+            return (
+                self.name,
+                fmt(ours, self.unit),
+                "-",
+                "-",
+                self.goal.text(self.unit),
+                self.skipped,
+            )
         peer = self.peer_median
         peer_text = "-" if peer is None else fmt(peer, self.unit)
         if peer is not None and self.peer_name:

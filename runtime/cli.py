@@ -164,7 +164,8 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--rpc", "rpc_workers", help="Split the model over RPC workers: HOST:PORT,HOST:PORT.")
 @click.option(
     "--tensor-split",
-    help="Weights for the split, one per worker (then one for this machine with --rpc-local).",
+    help="Weights for the split, one per device: with --rpc each worker, then each local GPU "
+    "(then this machine with --rpc-local).",
 )
 @click.option("--rpc-local", is_flag=True, help="Keep a share of the layers on this machine too.")
 @click.option(
@@ -267,7 +268,7 @@ def main(**kw: Any) -> None:
         if opts.verbose:
             click.echo(f"cpu variant: {choice.variant} ({choice.reason})", err=True)
         engine.start_backend(choice.path)
-        offload = modes.offload(opts, source, endpoints) if endpoints else None
+        offload = modes.offload(opts, source, endpoints, choice) if endpoints else None
         with modes.open_model(opts, source, offload, choice) as llm:
             if opts.server:
                 modes.serve(llm, source, opts, grammar_text, sock)

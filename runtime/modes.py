@@ -130,12 +130,35 @@ def rpc_worker(opts: Options) -> None:
     worker_main([endpoint, "--threads", str(opts.threads or settings.default_threads())])
 
 
-def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any:
-    """How the model is split over the RPC workers (and this machine, with --rpc-local)."""
+def local_gpus(opts: Options, choice: Any) -> list[Any]:
+    """This machine's GPU devices that join the RPC workers (self-tested, chosen as without
+    --rpc by --gpu, --device, --main-gpu, --split-mode); none with --gpu none or -ngl 0."""
+    from runtime.engine import gpu, gpu_selftest
+    from runtime.engine.variants import extracted
+
+    want = gpu.WORDS[opts.gpu.lower()]
+    if want == "none" or gpu.parse_ngl(opts.n_gpu_layers) == 0:
+        return []
+    found, why = gpu.discover(want, gpu_selftest.verdicts(choice.path))
+    chosen = gpu.choose(found, opts.gpu_device, opts.main_gpu, opts.split_mode)
+    if not chosen and want in ("vulkan", "cuda"):
+        backend = "Vulkan" if want == "vulkan" else "CUDA"
+        raise gpu.GpuError(f"--gpu {want}: no usable {backend} device ({why.get(backend, 'none')})")
+    for backend in {d.backend for d in chosen}:
+        extracted(gpu.carried()[backend])  # used now: the next start loads it from disk
+    return chosen
+
+
+def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]], choice: Any) -> Any:
+    """How the model is split over the RPC workers and this machine's GPUs (and its CPU, with
+    --rpc-local); one line says over which."""
+    from runtime.engine import gpu
     from runtime.rpc import client as rpc
     from runtime.rpc.endpoints import RpcError
 
-    devices = rpc.add_servers(endpoints)
+    workers = rpc.add_servers(endpoints)
+    here = local_gpus(opts, choice)
+    devices = workers + [d.handle for d in here]
     weights = None
     if opts.tensor_split:
         try:
@@ -155,7 +178,24 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]]) -> Any
     ngl = parse_ngl(opts.n_gpu_layers)
     if ngl and not opts.rpc_local:
         offload.n_gpu_layers = ngl  # llama.cpp's meaning: layers sent away
+    count = f"{len(endpoints)} RPC worker{'s' if len(endpoints) > 1 else ''}"
+    click.echo(
+        f"splitting the model over {count} and {gpu.describe(here)}"
+        if here
+        else f"splitting the model over {count} (no local GPU: {_why_no_gpu(opts)})",
+        err=True,
+    )
     return offload
+
+
+def _why_no_gpu(opts: Options) -> str:
+    from runtime.engine import gpu
+
+    if gpu.WORDS[opts.gpu.lower()] == "none":
+        return "--gpu none"
+    if gpu.parse_ngl(opts.n_gpu_layers) == 0:
+        return "-ngl 0"
+    return "none found"
 
 
 def gpu_plan(opts: Options, source: Any, choice: Any) -> Any:

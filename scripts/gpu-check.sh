@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # One prepared GPU check, for a machine with an NVIDIA GPU (16 cores there: about 10 minutes):
-# builds what is missing (the Vulkan backend, the CUDA backend for this GPU's architecture),
-# builds SmolLM2 as a .pyz with --gpu cuda, then times generation and prompt processing on
-# Vulkan and on CUDA with all layers offloaded, and prints a table.
+# builds what is missing (the Vulkan backend, the CUDA backend for this GPU's architecture, and
+# llama.cpp's llama-bench and llama-server, the peers), then runs `make bench`'s GPU rows on
+# Vulkan and on CUDA: pp512 and tg128 against llama-bench, and the server rows against
+# llama-server, both sides on the same backend library, the same device and the same layers.
+# The table goes to stdout, the samples to bench-results/.
 #   scripts/gpu-check.sh            # on the NVIDIA machine
-#   scripts/gpu-check.sh --quick    # anywhere: lavapipe (GGML_VK_VISIBLE_DEVICES=0), Vulkan
-#                                   # only, tiny counts: checks that the script itself works
-# Not yet: the llama-bench and llama-server peers of the same backend (the rows in
-# `make bench`); this prints llamapyz's own figures only.
+#   scripts/gpu-check.sh --quick    # anywhere: lavapipe (GGML_VK_VISIBLE_DEVICES=0) counted as
+#                                   # a GPU, Vulkan only, tiny counts, one repetition, the peers
+#                                   # only if already built: checks that the script itself works
+# Every build is cached outside the repo (scripts/build-*.sh); they need the llama-cpp-python
+# sdist (and, for CUDA, PyPI's nvidia wheels) once: a machine without a network needs them in
+# ${LLAMAPYZ_DEV_CACHE:-~/.cache/llamapyz-dev}/src first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -15,38 +19,23 @@ QUICK=0
 PY=.venv/bin/python
 GPU_DIR=${LLAMAPYZ_GPU_DIR:-.venv/llamapyz-gpu}
 mkdir -p "$GPU_DIR"
-[ -s "$GPU_DIR/libggml-vulkan.so" ] || cp "$(PYTHON=$PY scripts/build-vulkan.sh)" "$GPU_DIR/libggml-vulkan.so"
-MODEL=$($PY scripts/fetch_smollm2.py)
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
-BACKENDS="vulkan"
+if [ ! -s "$GPU_DIR/libggml-vulkan.so" ]; then
+  lib=$(PYTHON=$PY scripts/build-vulkan.sh)
+  cp "$lib" "$GPU_DIR/.libggml-vulkan.so.tmp" && mv "$GPU_DIR/.libggml-vulkan.so.tmp" "$GPU_DIR/libggml-vulkan.so"
+fi
+export LLAMAPYZ_CACHE=${LLAMAPYZ_CACHE:-$(mktemp -d)}
 if [ "$QUICK" = 1 ]; then
   export GGML_VK_VISIBLE_DEVICES=0
-  PP=32 TG=8
-  .venv/bin/pack build "$MODEL" -o "$OUT/m.pyz" >&2
-else
-  command -v nvidia-smi >/dev/null || { echo "gpu-check.sh: no nvidia-smi: run it on an NVIDIA machine, or --quick" >&2; exit 1; }
-  ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d .)
-  [ -s "$GPU_DIR/cuda/libggml-cuda.so" ] || ln -sfn "$(PYTHON=$PY scripts/build-cuda.sh "$ARCH")" "$GPU_DIR/cuda"
-  PP=512 TG=128 BACKENDS="vulkan cuda"
-  .venv/bin/pack build "$MODEL" --gpu cuda -o "$OUT/m.pyz" >&2
+  exec $PY -m benchmarks --quick --gpu-only --gpu-backends vulkan --gpu-lavapipe "$@"
 fi
-chmod +x "$OUT/m.pyz"
-export LLAMAPYZ_CACHE="$OUT/cache"
-PROMPT=$(for _ in $(seq $((PP / 12 + 1))); do printf '%s ' "The old lighthouse keeper climbed the stairs and lit the lamp."; done)
-now() { date +%s.%N; }
-printf '%-8s %-40s %10s %10s\n' backend line "pp t/s" "tg t/s"
-for backend in $BACKENDS; do
-  "$OUT/m.pyz" --gpu "$backend" -ngl 99 -p "warm up" -n 1 >/dev/null 2>&1 || true  # self-test, shaders
-  t0=$(now)
-  "$OUT/m.pyz" --gpu "$backend" -ngl 99 -c 2048 -p "$PROMPT" -n 1 --temp 0 >/dev/null 2>"$OUT/pp.err"
-  t1=$(now)
-  "$OUT/m.pyz" --gpu "$backend" -ngl 99 -c 2048 -p "Chapter 1" -n "$TG" --temp 0 >/dev/null 2>"$OUT/tg.err"
-  t2=$(now)
-  "$OUT/m.pyz" --gpu "$backend" -ngl 99 -c 2048 -p "Chapter 1" -n 1 --temp 0 >/dev/null 2>/dev/null
-  t3=$(now)
-  line=$(grep -m1 -E "offloaded|no GPU|Error" "$OUT/tg.err" | cut -c1-40 || echo "?")
-  # Each run includes the start (~1 s); the -n 1 run is subtracted from the tg run.
-  awk -v b="$backend" -v l="$line" -v pp="$PP" -v tg="$TG" -v a="$t0" -v c="$t1" -v d="$t2" -v e="$t3" \
-    'BEGIN { s = e - d; printf "%-8s %-40s %10.1f %10.1f\n", b, l, pp / (c - a - s > 0 ? c - a - s : 1e-9), (tg - 1) / ((d - c) - s > 0 ? (d - c) - s : 1e-9) }'
-done
+command -v nvidia-smi >/dev/null || { echo "gpu-check.sh: no nvidia-smi: run it on an NVIDIA machine, or --quick" >&2; exit 1; }
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d .)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2
+# The CUDA backend and the peers build side by side (each with every core; both compile).
+pids=()
+if [ ! -s "$GPU_DIR/cuda/libggml-cuda.so" ]; then
+  (ln -sfn "$(PYTHON=$PY scripts/build-cuda.sh "$ARCH")" "$GPU_DIR/cuda") & pids+=($!)
+fi
+(PYTHON=$PY scripts/build-peers.sh >/dev/null) & pids+=($!)
+for pid in "${pids[@]}"; do wait "$pid"; done
+exec $PY -m benchmarks --gpu-only --gpu-backends vulkan,cuda --reps "${GPU_CHECK_REPS:-3}"

@@ -92,8 +92,15 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
 
     data = json.loads(result.read_text())
     rows = data["rows"]
-    assert [r["key"] for r in rows] == ROW_KEYS
+    # The GPU rows: one skipped row on a machine without a GPU (lavapipe is none).
+    gpu_keys = [r["key"] for r in rows[len(ROW_KEYS) :]]
+    assert [r["key"] for r in rows[: len(ROW_KEYS)]] == ROW_KEYS
+    assert gpu_keys == ["gpu"] or all(k.startswith("gpu_") for k in gpu_keys), gpu_keys
     for row in rows:
+        if row["key"] == "gpu":
+            assert row["skipped"].startswith("skipped: Vulkan: "), row
+            assert row["met"] is None, row
+            continue
         if row["key"] in PEER_ROWS and peers is None:
             # Not built in the isolated caches, and --quick must not build them.
             assert row["skipped"] == NOT_BUILT, row
@@ -137,3 +144,27 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
     bench = tmp_path / "dev-cache" / "bench"
     assert list(bench.glob("synthetic-*.gguf"))
     assert list((bench / "tmp").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_gpu_rows_skip_lavapipe_with_one_line(tmp_path: Path) -> None:
+    """lavapipe is the tests' GPU but not a GPU to measure: the GPU rows are one skipped line."""
+    model = tmp_path / "tiny.gguf"
+    selftest_model.write(model)
+    result = tmp_path / "r.json"
+    env = {**_isolated_env(tmp_path), "GGML_VK_VISIBLE_DEVICES": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--gpu-only", "--gpu-backends", "vulkan"]
+        + ["--model", str(model), "--json", str(result)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["key"] for r in rows] == ["gpu"]
+    assert "Vulkan0 is llvmpipe" in rows[0]["skipped"], rows[0]
+    assert "not a GPU" in rows[0]["skipped"], rows[0]
+    assert sum("not a GPU" in line for line in done.stdout.splitlines()) == 1

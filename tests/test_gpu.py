@@ -280,3 +280,67 @@ def test_a_backend_that_dies_in_its_self_test_is_skipped(
     assert line in lines(again) and again.stdout == first.stdout
     info = run_pyz(tmp_path / "crash.pyz", "--system-info", env=cache)
     assert "  Vulkan *: refused: loading the backend died with SIGILL" in info.stdout
+
+
+def _complete(url: str, prompt: str) -> str:
+    with urllib.request.urlopen(url + "/v1/models", timeout=60) as listing:
+        model = json.loads(listing.read())["data"][0]["id"]
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0})
+    request = urllib.request.Request(
+        url + "/v1/completions", body.encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as reply:
+        return str(json.loads(reply.read())["choices"][0]["text"])
+
+
+def test_the_server_batches_two_requests_on_the_gpu(smollm2_pyz: Path) -> None:
+    import threading
+
+    from tests.test_server import Server
+
+    srv = Server(smollm2_pyz, "-ngl", "99", "-c", "512", "--parallel", "2")
+    try:
+        assert "offloaded 31/31 layers to Vulkan0" in srv.banner
+        prompts = ["The capital of France is", "The capital of Germany is"]
+        answers: dict[int, str] = {}
+        errors: list[BaseException] = []
+
+        def ask(i: int) -> None:
+            try:
+                answers[i] = _complete(srv.url, prompts[i])
+            except BaseException as exc:  # handed to the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=400)
+        assert not errors, errors
+        assert answers[0].startswith(" Paris"), answers
+        assert "Berlin" in answers[1], answers
+    finally:
+        srv.stop()
+
+
+def test_rpc_workers_and_the_local_gpu_share_the_model(tiny_pyz: Path, tmp_path: Path) -> None:
+    from tests.test_rpc import Worker, free_port
+
+    worker = Worker(free_port(), tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        both = run_pyz(tiny_pyz, *PROMPT, "--rpc", worker.endpoint, "--verbose")
+        assert both.returncode == 0, both.stderr
+        assert "splitting the model over 1 RPC worker and Vulkan0 (llvmpipe" in both.stderr
+        # llama.cpp names each buffer by its device: the layers went to both.
+        assert f"RPC0[{worker.endpoint}] model buffer size" in both.stderr, both.stderr
+        assert "Vulkan0 model buffer size" in both.stderr, both.stderr
+        alone = run_pyz(tiny_pyz, *PROMPT, "--rpc", worker.endpoint, "--gpu", "none", "--verbose")
+        assert alone.returncode == 0, alone.stderr
+        assert "splitting the model over 1 RPC worker (no local GPU: --gpu none)" in alone.stderr
+        assert "Vulkan0 model buffer size" not in alone.stderr
+        assert both.stdout.strip() and alone.stdout.strip()
+        with_split = run_pyz(tiny_pyz, *PROMPT, "--rpc", worker.endpoint, "--tensor-split", "1")
+        assert_clean_error(with_split, 1, "the split has 1 weights for 2 devices")
+    finally:
+        worker.stop()

@@ -2,7 +2,8 @@
 
 llama-cpp-python binds none of these functions; they live in libggml (the registry) and
 libggml-base (devices), both loaded already by libllama, so the devices seen here are the
-ones llama.cpp sees when it loads a model.
+ones llama.cpp sees when it loads a model. The one set of these bindings: the RPC client
+(runtime.rpc.client) registers its workers' devices and reaches ggml-rpc through them too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Device:
 
 
 class _Ggml:
+    """libggml (the registry) and libggml-base (devices, abort), with the signatures we call."""
+
     def __init__(self) -> None:
         from runtime.engine import model as engine
 
@@ -43,16 +46,20 @@ class _Ggml:
         for lib, name, res, args in (
             (reg, "ggml_backend_load", vp, [cp]),
             (reg, "ggml_backend_reg_by_name", vp, [cp]),
+            (reg, "ggml_backend_register", None, [vp]),
             (reg, "ggml_backend_dev_count", sz, []),
             (reg, "ggml_backend_dev_get", vp, [sz]),
+            (reg, "ggml_backend_dev_by_type", vp, [ctypes.c_int]),
             (base, "ggml_backend_reg_name", cp, [vp]),
             (base, "ggml_backend_reg_dev_count", sz, [vp]),
             (base, "ggml_backend_reg_dev_get", vp, [vp, sz]),
+            (base, "ggml_backend_reg_get_proc_address", vp, [vp, cp]),
             (base, "ggml_backend_dev_name", cp, [vp]),
             (base, "ggml_backend_dev_description", cp, [vp]),
             (base, "ggml_backend_dev_memory", None, [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]),
             (base, "ggml_backend_dev_type", ctypes.c_int, [vp]),
             (base, "ggml_backend_dev_backend_reg", vp, [vp]),
+            (base, "ggml_set_abort_callback", vp, [vp]),
         ):
             fn = getattr(lib, name)
             fn.restype = res
@@ -68,6 +75,7 @@ _loaded: dict[str, Optional[int]] = {}  # library path -> its registry entry (No
 
 
 def ggml() -> _Ggml:
+    """libggml and libggml-base, loaded once (after libllama) with the signatures we call."""
     global _ggml
     if _ggml is None:
         _ggml = _Ggml()

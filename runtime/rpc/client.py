@@ -33,64 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from runtime.engine.devices import KINDS
+from runtime.engine.devices import ggml as ggml  # also rpc.ggml(), for the worker and tests
 from runtime.rpc import lost
 from runtime.rpc.endpoints import MAX_SERVERS, RpcError, format_endpoint
 from runtime.rpc.protocol import CHECK_TIMEOUT, check_endpoint
 
-_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "accelerator", 4: "meta"}
-
-
 # --------------------------------------------------------------------------- ggml plumbing
 
-
-class _Ggml:
-    """libggml (the registry) and libggml-base (devices, abort), with the signatures we call."""
-
-    def __init__(self) -> None:
-        from runtime.engine import model as engine
-
-        engine.bindings()  # loads libllama, and with it the libggml it links to
-        reg = ctypes.CDLL(str(engine.ggml_library()))
-        base = ctypes.CDLL(str(engine.lib_dir() / "libggml-base.so.0"))
-        vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
-        for lib, name, res, args in (
-            (reg, "ggml_backend_load", vp, [cp]),
-            (reg, "ggml_backend_reg_by_name", vp, [cp]),
-            (reg, "ggml_backend_register", None, [vp]),
-            (reg, "ggml_backend_dev_count", sz, []),
-            (reg, "ggml_backend_dev_get", vp, [sz]),
-            (reg, "ggml_backend_dev_by_type", vp, [ctypes.c_int]),
-            (base, "ggml_backend_reg_name", cp, [vp]),
-            (base, "ggml_backend_reg_dev_count", sz, [vp]),
-            (base, "ggml_backend_reg_dev_get", vp, [vp, sz]),
-            (base, "ggml_backend_reg_get_proc_address", vp, [vp, cp]),
-            (base, "ggml_backend_dev_name", cp, [vp]),
-            (base, "ggml_backend_dev_description", cp, [vp]),
-            (base, "ggml_backend_dev_memory", None, [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]),
-            (base, "ggml_backend_dev_type", ctypes.c_int, [vp]),
-            (base, "ggml_backend_dev_backend_reg", vp, [vp]),
-            (base, "ggml_set_abort_callback", vp, [vp]),
-        ):
-            fn = getattr(lib, name)
-            fn.restype = res
-            fn.argtypes = args
-            setattr(self, name, fn)
-
-    def __getattr__(self, name: str) -> Any:  # the functions set above, for mypy
-        raise AttributeError(name)
-
-
-_ggml_handle: Optional[_Ggml] = None
 _rpc_reg_handle: Optional[int] = None
 _added = lost.ADDED  # endpoint -> its devices, registered once
-
-
-def ggml() -> _Ggml:
-    """libggml and libggml-base, loaded once (after libllama) with the signatures we call."""
-    global _ggml_handle
-    if _ggml_handle is None:
-        _ggml_handle = _Ggml()
-    return _ggml_handle
 
 
 def rpc_library() -> Path:
@@ -327,7 +279,7 @@ def devices_summary() -> list[str]:
         g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         name = (g.ggml_backend_dev_name(dev) or b"?").decode("utf-8", "replace")
         what = (g.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace")
-        kind = _DEVICE_TYPES.get(int(g.ggml_backend_dev_type(dev)), "device")
+        kind = KINDS.get(int(g.ggml_backend_dev_type(dev)), "device")
         reg = g.ggml_backend_dev_backend_reg(dev)
         if reg and g.ggml_backend_reg_name(reg) == b"RPC":
             kind = "RPC worker"

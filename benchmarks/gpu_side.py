@@ -1,0 +1,52 @@
+"""What a GPU row adds to a speed or server row: the backend, the one device, the layers, and
+the flags that put both sides on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BACKEND_NAMES = {"vulkan": "Vulkan", "cuda": "CUDA"}  # --gpu word -> ggml's backend name
+
+
+@dataclass(frozen=True)
+class GpuSide:
+    """One device of one backend, and the layers both sides put on it."""
+
+    backend: str  # --gpu's word: vulkan, cuda
+    device: str  # ggml's name, the same on both sides: Vulkan0, CUDA0
+    description: str  # NVIDIA H200, llvmpipe (LLVM 15.0.6, 256 bits)
+    layers: int  # of the model's units (n_layer + 1), as -ngl counts them
+    units: int
+    env: dict[str, str] = field(default_factory=dict)  # added for llamapyz's side
+    pp: int = 512  # prompt tokens of the pp row
+    tg: int = 128  # generated tokens of the tg row and the server requests
+
+    @property
+    def ggml_backend(self) -> str:
+        return BACKEND_NAMES[self.backend]
+
+    @property
+    def spec(self) -> str:
+        """engine_speed.py's GPU argument."""
+        return f"{self.backend}:{self.device}:{self.layers}"
+
+    def ours_flags(self) -> list[str]:
+        """The .pyz's flags for exactly this device and these layers."""
+        return ["--gpu", self.backend, "--device", self.device, "-ngl", str(self.layers)] + [
+            "--split-mode",
+            "none",
+        ]
+
+    def bench_flags(self) -> tuple[str, ...]:
+        """llama-bench's."""
+        return ("-ngl", str(self.layers), "-dev", self.device)
+
+    def server_flags(self) -> list[str]:
+        """llama-server's."""
+        return ["-ngl", str(self.layers), "--device", self.device]
+
+    def key(self, key: str) -> str:
+        return f"gpu_{self.backend}_{key}"
+
+    def name(self, name: str) -> str:
+        return f"{self.device} ({self.layers}/{self.units} layers): {name}"
