@@ -213,3 +213,42 @@ def test_cpu_variant_under_emulated_cpus(
     )  # fmt: skip
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout == run_pyz(tiny_pyz, *ARGS).stdout
+
+
+def test_an_extraction_in_use_is_not_dropped(tiny_gguf: Path, tmp_path: Path) -> None:
+    """A chat (or a server) started from one build keeps its runtime while a rebuild of the
+    same file starts, and while --clean-cache runs; once it exits, the runtime may go."""
+    from conftest import pack
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ, LLAMAPYZ_CACHE=str(cache))
+    target = tmp_path / "m.pyz"
+    assert (
+        pack("build", str(tiny_gguf), "-o", str(target), "--python", "3.11", env=env).returncode
+        == 0
+    )
+    chat = subprocess.Popen(
+        [str(target), "--chat"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert chat.stderr is not None and chat.stdin is not None
+        while "chat:" not in (line := chat.stderr.readline()):
+            assert line, "the chat ended before it started"
+        (first,) = [p for p in (cache / "runtimes").glob("cp*/m.pyz_*") if p.is_dir()]
+        built = pack("build", str(tiny_gguf), "-o", str(target), "--python", "3.11,3.12", env=env)
+        assert built.returncode == 0
+        assert run_pyz(target, *ARGS, env=env).returncode == 0
+        assert first.is_dir()  # the rebuild's first start left it
+        assert run_pyz(target, "--clean-cache", env=env).returncode == 0
+        assert first.is_dir()  # and so did --clean-cache
+        out, _ = chat.communicate("/exit\n", timeout=120)
+        assert chat.returncode == 0
+    finally:
+        chat.kill()
+    assert run_pyz(target, "--clean-cache", env=env).returncode == 0
+    assert not first.exists()

@@ -204,11 +204,48 @@ def _extract_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], root: 
         raise failed[0]
 
 
+IN_USE = ".in-use"  # in an extraction: a shared lock on it for as long as a process runs from it
+_HELD: list[int] = []
+
+
+def _hold(target: Path) -> None:
+    """Say that this process runs from `target`, until it exits (its children inherit it)."""
+    import fcntl
+
+    try:
+        fd = os.open(target / IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        return  # a cache we cannot write to: nothing there will be dropped either
+    _HELD.append(fd)
+
+
+def in_use(extraction: Path) -> bool:
+    """Whether a running process runs from `extraction` (another build of the same file, a
+    server started before it was rebuilt): it must not be removed under that process."""
+    import fcntl
+
+    try:
+        fd = os.open(extraction / IN_USE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _drop_older(current: Path) -> None:
-    """Remove earlier builds' extractions of this same file (shiv keeps them forever)."""
+    """Remove earlier builds' extractions of this same file (shiv keeps them forever), but not
+    one that a running process still imports from."""
     name = current.name.rsplit("_", 1)[0]
     for other in current.parent.glob(f"{name}_*"):
         if other != current and other.is_dir() and not other.name.endswith(".tmp"):
+            if in_use(other):
+                continue
             shutil.rmtree(other, ignore_errors=True)
             (other.parent / f".{other.name}_lock").unlink(missing_ok=True)
 
@@ -295,6 +332,7 @@ def main() -> None:
                 target = _extract(zf, env, root, tops)
             except OSError as again:
                 _die(f"{ARCHIVE}: cannot extract its runtime ({again.strerror or again})")
+        _hold(target)
         _defer(target, tops)
     if not chosen:
         os.environ["SHIV_ROOT"] = str(root)

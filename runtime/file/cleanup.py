@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from runtime.file.boot import cache_dir
+from runtime.file.boot import cache_dir, in_use
 
 
 def size_of(path: Path) -> int:
@@ -33,6 +33,8 @@ def clean() -> tuple[int, int, int]:
         for entry in folder.iterdir() if folder.is_dir() else []:
             if keep is not None and (entry == keep or entry.name == f".{keep.name}_lock"):
                 continue
+            if entry.is_dir() and in_use(entry):
+                continue  # another process runs from it (a server, say)
             freed += size_of(entry)
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
