@@ -32,7 +32,7 @@ MAIN_PY = f"import {BOOT_MODULE}\n{BOOT_MODULE}.main()\n"
 CORE_ROOTS = ("click", "llama_cpp_python", "typing_extensions", "jinja2")
 # Only `--server` imports these: a .pyz extracts them the first time one is imported
 # (runtime/file/boot.py, DEFERRED_LIST), so a first one-shot or chat start skips most files.
-SERVER_ROOTS = ("fastapi", "uvicorn", "sse_starlette")
+SERVER_ROOTS = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client")
 ROOTS = CORE_ROOTS + SERVER_ROOTS
 NOT_FOLLOWED = {"llama_cpp_python"}
 # llama-cpp-python's high-level modules import numpy; the runtime uses only the bindings.

@@ -187,6 +187,16 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
     callback=lambda _c, _p, v: _cors_origins(v),
     help="Let pages from this origin call the server too, besides local ones (repeatable; *: any).",
 )
+@click.option(
+    "-a", "--alias", help="The model's name in the server's replies (default: the file's stem)."
+)
+@click.option(
+    "--reasoning-format",
+    type=click.Choice(["deepseek", "none"]),
+    default="deepseek",
+    show_default=True,
+    help="Server: put <think>…</think> in reasoning_content (deepseek) or leave it in the text.",
+)
 @click.option("--nobrowser", is_flag=True, help="Do not open the chat page in a browser.")
 @click.option(
     "-np",

@@ -4,7 +4,6 @@ be an RPC worker, show the system, clean the cache."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
 import click
@@ -80,19 +79,19 @@ def serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], soc
 
     from runtime.chat import templates
     from runtime.serve import app as server
-    from runtime.serve import service
+    from runtime.serve import metrics, service
+    from runtime.serve import state as served
 
     fmt = templates.choose(llm, opts.chat_template, baked_template())
     click.echo(fmt.notice(), err=True)
-    stem = Path(source.filename or source.path.name).stem
-    name = llm.meta("general.name") or stem
-    aliases = {name, stem, name.lower().replace(" ", "-")}
+    work = service.Service(llm, slots=opts.parallel)
     state = server.ServerState(
-        service=service.Service(llm, slots=opts.parallel),
+        service=work,
         model=llm,
         fmt=fmt,
-        model_id=name,
-        aliases=aliases,
+        model_id=served.model_id(opts.alias, source),
+        reasoning_format=opts.reasoning_format,
+        metrics=metrics.Metrics(work),
         defaults=opts.sampling(grammar_text),
         n_predict=opts.n_predict,
         stops=opts.stop,

@@ -40,6 +40,8 @@ class Options:
     port: int
     api_key: Optional[str]
     cors_origin: tuple[str, ...]
+    alias: Optional[str]
+    reasoning_format: str
     nobrowser: bool
     parallel: int
     grammar_file: Optional[str]

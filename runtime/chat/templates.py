@@ -10,13 +10,14 @@ llama-2 fallback ends up answering with an empty string.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role and content; tool_calls, tool_call_id and name for tools
 
 # Special tokens that give a model's chat format away, best evidence first.
 MARKERS = (
@@ -115,8 +116,31 @@ def choose(model: Any, override: Optional[str], built_in: Optional[dict[str, str
     )
 
 
-def render(fmt: ChatFormat, messages: list[Message], model: Any) -> str:
-    """The prompt text for `messages`, ending where the assistant's reply begins."""
+def render(
+    fmt: ChatFormat,
+    messages: list[Message],
+    model: Any,
+    tools: Optional[list[dict[str, Any]]] = None,
+) -> str:
+    """The prompt text for `messages` (and `tools`), ending where the assistant's reply begins.
+
+    A Jinja template that renders `tools` gets them and the conversation's calls as they are;
+    any other gets the tools described in a system message and the calls written as text.
+    """
+    from runtime.chat import tools as tool_text
+
+    if fmt.kind == "jinja" and tool_text.template_knows_tools(fmt.source):
+        return _render_jinja(fmt.source, _with_object_arguments(messages), model, tools)
+    if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        messages = tool_text.as_plain_messages(messages)
+    if tools:
+        described = tool_text.system_text(tools)
+        if messages and messages[0]["role"] == "system":
+            first = {"role": "system", "content": messages[0]["content"] + "\n\n" + described}
+            messages = [first, *messages[1:]]
+        else:
+            messages = [{"role": "system", "content": described}, *messages]
+    messages = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
     if fmt.kind == "plain":
         parts = []
         for m in messages:
@@ -145,17 +169,46 @@ def _render_builtin(name: str, messages: list[Message]) -> str:
     return buf.raw[:n].decode("utf-8", "replace")
 
 
-def _render_jinja(source: str, messages: list[Message], model: Any) -> str:
+def _with_object_arguments(messages: list[Message]) -> list[Message]:
+    """Tool-call arguments as objects: templates write them with `tojson`."""
+    import json
+
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                fn = dict(c.get("function", {}))
+                with contextlib.suppress(TypeError, ValueError):
+                    fn["arguments"] = json.loads(fn.get("arguments") or "{}")
+                calls.append({**c, "function": fn, **fn})  # some templates read call.name
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    return out
+
+
+def _render_jinja(
+    source: str,
+    messages: list[Message],
+    model: Any,
+    tools: Optional[list[dict[str, Any]]] = None,
+) -> str:
     bos = model.special_token("bos")
-    text = render_jinja(source, messages, bos, model.special_token("eos"))
+    text = render_jinja(source, messages, bos, model.special_token("eos"), tools)
     # The tokenizer adds BOS itself; a template that writes it too would double it.
     if bos and text.startswith(bos):
         text = text[len(bos) :]
     return text
 
 
-def render_jinja(source: str, messages: list[Message], bos: str, eos: str) -> str:
-    """A Jinja chat template's prompt for `messages`, in the limited sandbox."""
+def render_jinja(
+    source: str,
+    messages: list[Message],
+    bos: str,
+    eos: str,
+    tools: Optional[list[dict[str, Any]]] = None,
+) -> str:
+    """A Jinja chat template's prompt for `messages` (and `tools`), in the limited sandbox."""
     import jinja2
 
     from runtime.chat import sandbox
@@ -169,6 +222,7 @@ def render_jinja(source: str, messages: list[Message], bos: str, eos: str) -> st
         "add_generation_prompt": True,
         "bos_token": bos,
         "eos_token": eos,
+        "tools": tools or None,
     }
     try:
         return sandbox.render(source, context, globals_)

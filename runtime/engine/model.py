@@ -54,6 +54,9 @@ class Sampling:
     repeat_penalty: float = 1.0
     seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
     grammar: Optional[str] = None  # GBNF; the output must match it
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token, added to its logit)
 
 
 class Model:
@@ -181,9 +184,18 @@ class Model:
         add(
             chain,
             C.llama_sampler_init_penalties(
-                self.n_vocab, LAST_N_PENALTY, s.repeat_penalty, 0.0, 0.0
+                self.n_vocab,
+                LAST_N_PENALTY,
+                s.repeat_penalty,
+                s.frequency_penalty,
+                s.presence_penalty,
             ),
         )
+        if s.logit_bias:
+            biases = (C.llama_logit_bias * len(s.logit_bias))(
+                *[C.llama_logit_bias(token, bias) for token, bias in s.logit_bias]
+            )
+            add(chain, C.llama_sampler_init_logit_bias(self.n_vocab, len(s.logit_bias), biases))
         if s.grammar:
             with _stderr_captured() as said:  # the grammar parser prints to stderr itself
                 grammar = C.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")

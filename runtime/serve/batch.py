@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from runtime.chat.stops import StopFilter
+from runtime.engine import logprobs
 from runtime.engine.model import EngineError
 from runtime.serve.jobs import Job
 
@@ -147,6 +148,9 @@ class Scheduler:
             self._finish(slot, "stop")
             return
         slot.produced += 1
+        if job.logprobs is not None:
+            chosen, top = logprobs.at(self.model, index, token, job.logprobs)
+            job.token_logprobs.append((token, chosen, top))
         text = slot.stops.feed(slot.decoder.decode(self.model.piece(token)))
         if text:
             job.emit(text)

@@ -27,6 +27,11 @@ class Job:
     # Ollama dialect's prompt_eval_duration and eval_duration.
     arrived: float = field(default_factory=time.perf_counter)
     first_text: Optional[float] = None
+    # Asked-for log-probabilities: None costs nothing; N also gives the N likeliest tokens.
+    logprobs: Optional[int] = None
+    # (token, its log-probability, [(token, log-probability)] of the likeliest), appended by
+    # the engine's thread and read by the HTTP one (list appends are atomic).
+    token_logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
     def emit(self, text: str) -> None:
         if self.first_text is None:

@@ -123,20 +123,19 @@ async def answer(service: Service, reply: Reply, job: Job, request: Request, str
     """Run `job`: the whole reply once it is done, or a stream of lines as they come."""
     split = ThinkSplit() if reply.think else None
     if not stream:
-        text, done = await replies._collect(service, job, request)
+        text, done = await replies.collect(service, job, request)
         thinking, content = ("", text)
         if split is not None:
             thinking, content = _join(split.feed(text), split.flush())
         body = {**reply.line(content, thinking, True), **reply.final(job, done, text)}
         return JSONResponse(body, headers=reply.headers)
-    events = replies._attach(job)
-    replies._submit(service, job)  # before the response starts: a busy server still answers 503
+    events = replies.start(service, [job])  # before the response: a busy server answers 503
 
     async def produce() -> AsyncIterator[bytes]:
         said: list[str] = []
         try:
             while True:
-                kind, value = await replies._next(events, job, request)
+                _, kind, value = await replies._next(events, [job], request)
                 if kind == "text":
                     said.append(value)
                     thinking, content = split.feed(value) if split else ("", value)

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 # server importable on Python 3.9.
 
 
+MAX_STOPS = 16
+
+
 class APIError(Exception):
     """A request the server refuses: answered with `status` and an OpenAI-style error body."""
 
@@ -23,9 +26,51 @@ class ContentPart(BaseModel):
     text: Optional[str] = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(BaseModel):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[ContentPart], None] = None
+    tool_calls: Optional[list[ToolCallIn]] = None
+    tool_call_id: Optional[str] = None
+    name: Optional[str] = None
+
+
+class FunctionDef(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+ToolChoice = Union[Literal["auto", "none", "required"], NamedToolChoice]
 
 
 class ResponseFormat(BaseModel):
@@ -44,19 +89,31 @@ class GenerationFields(BaseModel):
     min_p: Optional[float] = Field(None, ge=0, le=1)
     repeat_penalty: Optional[float] = Field(None, gt=0)
     seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
+    stop: Union[str, list[str], None] = None  # up to MAX_STOPS
     stream: bool = False
-    n: int = Field(1, ge=1, le=1)
+    stream_options: Optional[StreamOptions] = None
+    n: int = Field(1, ge=1, le=64)  # and at most the server's --parallel
     response_format: Optional[ResponseFormat] = None
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    logit_bias: Optional[dict[str, float]] = None
 
 
 class ChatRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
+    tools: Optional[list[Tool]] = Field(None, max_length=128)
+    tool_choice: Optional[ToolChoice] = None
+    parallel_tool_calls: Optional[bool] = None
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(GenerationFields):
     prompt: Union[str, list[str]]
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: Optional[str] = None
 
 
 class EmbeddingRequest(BaseModel):

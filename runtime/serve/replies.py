@@ -1,7 +1,7 @@
-"""Running a request's job on the generation service, and answering it the OpenAI way.
+"""Running a request's jobs on the generation service, and answering it the OpenAI way.
 
-A completion is answered whole or as server-sent events; `Shape` holds what differs
-between /v1/chat/completions and /v1/completions, so each is written once here.
+A request with `n` choices is `n` jobs, each in its own slot. A completion is answered whole
+or as server-sent events; `choices` reads the text, the same way for chat and completions.
 """
 
 from __future__ import annotations
@@ -11,84 +11,102 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 
+from runtime.serve import choices
 from runtime.serve.jobs import Job
 from runtime.serve.openai_models import APIError
 from runtime.serve.service import Busy, Lost, Service
 
-
-@dataclass(frozen=True)
-class Shape:
-    """An endpoint's object names, and the fields of its choices."""
-
-    prefix: str  # of the response id
-    whole: str  # the object name of a whole response
-    chunk: str  # the object name of a streamed chunk
-    answer: Callable[[str], dict[str, Any]]  # a whole response's choice, given all the text
-    piece: Callable[[str], dict[str, Any]]  # a chunk's choice, given its text
-    opening: Optional[dict[str, Any]]  # the choice of a chunk sent before any text
-    closing: dict[str, Any]  # the choice of the chunk that carries the finish reason
+Events = asyncio.Queue[tuple[int, str, Any]]
+# Called once a job is done: (job, its "done" event, seconds since it was submitted).
+Observer = Callable[[Job, dict[str, Any], float], None]
 
 
-CHAT = Shape(
-    prefix="chatcmpl",
-    whole="chat.completion",
-    chunk="chat.completion.chunk",
-    answer=lambda text: {"message": {"role": "assistant", "content": text}},
-    piece=lambda text: {"delta": {"content": text}},
-    opening={"delta": {"role": "assistant", "content": ""}},
-    closing={"delta": {}},
-)
-
-TEXT = Shape(
-    prefix="cmpl",
-    whole="text_completion",
-    chunk="text_completion",
-    answer=lambda text: {"text": text, "logprobs": None},
-    piece=lambda text: {"text": text, "logprobs": None},
-    opening=None,
-    closing={"text": "", "logprobs": None},
-)
+def _names(chat: bool) -> tuple[str, str, str]:
+    if chat:
+        return "chatcmpl", "chat.completion", "chat.completion.chunk"
+    return "cmpl", "text_completion", "text_completion"
 
 
 async def answer(
-    service: Service, model_id: str, shape: Shape, job: Job, request: Request, stream: bool
+    service: Service,
+    model_id: str,
+    reading: choices.Reading,
+    jobs: list[Job],
+    request: Request,
+    stream: bool,
+    include_usage: bool = False,
+    observe: Optional[Observer] = None,
 ) -> Any:
-    """Run `job`: the whole response once it is done, or a stream of chunks as they come."""
+    """Run `jobs` (one per choice): the whole response once done, or a stream of chunks."""
+    prefix, whole, _ = _names(reading.chat)
     if stream:
-        return _stream(service, model_id, shape, job, request)
-    text, done = await _collect(service, job, request)
+        return _stream(service, model_id, reading, jobs, request, include_usage, observe)
+    for job in jobs:
+        job.stream = False
+    events = _attach(jobs)
+    started = time.monotonic()
+    _submit(service, jobs)
+    dones: dict[int, dict[str, Any]] = {}
+    try:
+        while len(dones) < len(jobs):
+            index, kind, value = await _next(events, jobs, request)
+            if kind == "error":
+                _raise(value)
+            elif kind == "done":
+                dones[index] = value
+                if observe:
+                    observe(jobs[index], value, time.monotonic() - started)
+    finally:
+        for job in jobs:
+            job.cancel()
+    picked = [
+        {"index": i, **choices.whole(reading, job, "".join(job.parts), dones[i]["finish_reason"])}
+        for i, job in enumerate(jobs)
+    ]
     return {
-        "id": f"{shape.prefix}-{secrets.token_hex(12)}",
-        "object": shape.whole,
+        "id": f"{prefix}-{secrets.token_hex(12)}",
+        "object": whole,
         "created": int(time.time()),
         "model": model_id,
-        "choices": [_choice(shape.answer(text), done["finish_reason"])],
-        "usage": _usage(job, done),
+        "choices": picked,
+        "usage": usage(jobs, dones),
     }
+
+
+async def collect(service: Service, job: Job, request: Request) -> tuple[str, dict[str, Any]]:
+    """Run one job to its end without streaming: its text and its "done" event."""
+    job.stream = False
+    events = start(service, [job])
+    try:
+        while True:
+            _, kind, value = await _next(events, [job], request)
+            if kind == "error":
+                _raise(value)
+            elif kind == "done":
+                return "".join(job.parts), value
+    finally:
+        job.cancel()
 
 
 async def embedding(service: Service, job: Job, request: Request) -> list[float]:
     """Run the embedding `job`: its vector."""
-    events = _attach(job)
-    _submit(service, job)
-    kind, value = await _next(events, job, request)
+    events = _attach([job])
+    _submit(service, [job])
+    _, kind, value = await _next(events, [job], request)
     if kind == "error":
         _raise(value)
     return list(value)
 
 
-def _choice(fields: dict[str, Any], finish: Optional[str]) -> dict[str, Any]:
-    return {"index": 0, **fields, "finish_reason": finish}
-
-
-def _usage(job: Job, done: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = len(job.prompt), int(done["completion_tokens"])
+def usage(jobs: list[Job], dones: dict[int, dict[str, Any]]) -> dict[str, int]:
+    """Tokens read (the prompt once: the choices share it) and written (by all choices)."""
+    prompt = len(jobs[0].prompt) if jobs else 0
+    completion = sum(int(d["completion_tokens"]) for d in dones.values())
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -96,22 +114,26 @@ def _usage(job: Job, done: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _attach(job: Job) -> asyncio.Queue[tuple[str, Any]]:
-    """Route the worker thread's events for `job` into an asyncio queue on this loop."""
+def _attach(jobs: list[Job]) -> Events:
+    """Route the worker thread's events for `jobs` into one asyncio queue on this loop."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    events: Events = asyncio.Queue()
+    for index, job in enumerate(jobs):
 
-    def on_event(kind: str, value: Any) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        def on_event(kind: str, value: Any, index: int = index) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (index, kind, value))
 
-    job.on_event = on_event
+        job.on_event = on_event
     return events
 
 
-def _submit(service: Service, job: Job) -> None:
+def _submit(service: Service, jobs: list[Job]) -> None:
     try:
-        service.submit(job)
+        for job in jobs:
+            service.submit(job)
     except Busy as exc:
+        for job in jobs:
+            job.cancel()
         raise APIError(
             503, f"the server is busy: {exc}; try again shortly", "server_busy"
         ) from None
@@ -119,16 +141,15 @@ def _submit(service: Service, job: Job) -> None:
         raise APIError(503, f"the model cannot run: {exc}", "engine_lost") from None
 
 
-async def _next(
-    events: asyncio.Queue[tuple[str, Any]], job: Job, request: Request
-) -> tuple[str, Any]:
-    """The job's next event; cancels the job when the client has gone away meanwhile."""
+async def _next(events: Events, jobs: list[Job], request: Request) -> tuple[int, str, Any]:
+    """The jobs' next event; cancels them when the client has gone away meanwhile."""
     while True:
         try:
             return await asyncio.wait_for(events.get(), timeout=0.5)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
-                job.cancel()
+                for job in jobs:
+                    job.cancel()
                 raise asyncio.CancelledError() from None
 
 
@@ -142,56 +163,87 @@ def _raise(exc: Exception) -> None:
     raise exc
 
 
-async def _collect(service: Service, job: Job, request: Request) -> tuple[str, dict[str, Any]]:
-    job.stream = False
-    events = _attach(job)
-    _submit(service, job)
+def start(service: Service, jobs: list[Job]) -> Events:
+    """Submit `jobs` for a streamed reply (a busy server still answers 503 before it starts)."""
+    events = _attach(jobs)
+    _submit(service, jobs)
+    return events
+
+
+async def deltas(
+    events: Events,
+    reading: choices.Reading,
+    jobs: list[Job],
+    request: Request,
+    observe: Optional[Observer],
+) -> AsyncIterator[tuple[str, Any]]:
+    """The streamed reply as ("choice", (index, fields, finish)), then ("usage", …) or ("error", …)."""
+    started = time.monotonic()
+    readers = [choices.Streamer(reading, job) for job in jobs]
+    dones: dict[int, dict[str, Any]] = {}
     try:
-        while True:
-            kind, value = await _next(events, job, request)
-            if kind == "error":
-                _raise(value)
+        while len(dones) < len(jobs):
+            index, kind, value = await _next(events, jobs, request)
+            if kind == "text":
+                for fields in readers[index].text(value):
+                    yield "choice", (index, fields, None)
+            elif kind == "error":
+                yield "error", str(value)
+                return
             elif kind == "done":
-                return "".join(job.parts), value
+                dones[index] = value
+                if observe:
+                    observe(jobs[index], value, time.monotonic() - started)
+                last, finish = readers[index].done(value["finish_reason"])
+                for fields in last:
+                    yield "choice", (index, fields, None)
+                closing = {"delta": {}} if reading.chat else {"text": "", "logprobs": None}
+                yield "choice", (index, closing, finish)
+        yield "usage", usage(jobs, dones)
     finally:
-        job.cancel()
+        for job in jobs:
+            job.cancel()  # a client that went away stops its own generation
 
 
 def _stream(
-    service: Service, model_id: str, shape: Shape, job: Job, request: Request
+    service: Service,
+    model_id: str,
+    reading: choices.Reading,
+    jobs: list[Job],
+    request: Request,
+    include_usage: bool,
+    observe: Optional[Observer],
 ) -> EventSourceResponse:
-    events = _attach(job)
-    _submit(service, job)  # before the response starts: a busy server still answers 503
-    ident = f"{shape.prefix}-{secrets.token_hex(12)}"
+    events = start(service, jobs)
+    prefix, _, object_name = _names(reading.chat)
+    ident = f"{prefix}-{secrets.token_hex(12)}"
     created = int(time.time())
 
-    def chunk(fields: dict[str, Any], finish: Optional[str] = None) -> dict[str, str]:
+    def chunk(picked: list[dict[str, Any]], **extra: Any) -> dict[str, str]:
         body = {
             "id": ident,
-            "object": shape.chunk,
+            "object": object_name,
             "created": created,
             "model": model_id,
-            "choices": [_choice(fields, finish)],
+            "choices": picked,
+            **({"usage": None} if include_usage else {}),
+            **extra,
         }
         return {"data": json.dumps(body)}
 
     async def produce() -> AsyncIterator[dict[str, str]]:
-        try:
-            if shape.opening is not None:
-                yield chunk(shape.opening)
-            while True:
-                kind, value = await _next(events, job, request)
-                if kind == "text":
-                    yield chunk(shape.piece(value))
-                elif kind == "error":
-                    message = {"error": {"message": str(value), "type": "server_error"}}
-                    yield {"data": json.dumps(message)}
-                    break
-                elif kind == "done":
-                    yield chunk(shape.closing, value["finish_reason"])
-                    break
-            yield {"data": "[DONE]"}
-        finally:
-            job.cancel()  # a client that went away stops its own generation
+        if reading.chat:
+            for i in range(len(jobs)):
+                opening = {"delta": {"role": "assistant", "content": ""}}
+                yield chunk([{"index": i, **opening, "finish_reason": None}])
+        async for kind, value in deltas(events, reading, jobs, request, observe):
+            if kind == "choice":
+                index, fields, finish = value
+                yield chunk([{"index": index, **fields, "finish_reason": finish}])
+            elif kind == "error":
+                yield {"data": json.dumps({"error": {"message": value, "type": "server_error"}})}
+            elif kind == "usage" and include_usage:
+                yield chunk([], usage=value)
+        yield {"data": "[DONE]"}
 
     return EventSourceResponse(produce(), ping=15)

@@ -103,6 +103,7 @@ def from_ollama(name: str, verify: bool = False) -> ModelSource:
         filename=model.ref.display.replace(":", "-") + ".gguf",
         default_args=tuple(flags),
         license=model.license,
+        name=model.ref.display,
     )
 
 

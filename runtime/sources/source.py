@@ -18,3 +18,4 @@ class ModelSource:
     filename: str = ""  # the GGUF's own file name, where it has one
     default_args: tuple[str, ...] = ()  # flags the source implies (Ollama's params, system)
     license: Optional[str] = None
+    name: str = ""  # the name the model is known by elsewhere (an Ollama model's name)

@@ -1,0 +1,52 @@
+"""/metrics: the server's counters in Prometheus' text format (prometheus-client writes it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.serve.jobs import Job
+from runtime.serve.service import Service
+
+
+class Metrics:
+    """Requests, tokens and speed, counted as jobs finish; slots and queue read when scraped."""
+
+    def __init__(self, service: Service) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "llamapyz_requests", "Generation requests answered (a choice each).", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "llamapyz_prompt_tokens", "Prompt tokens of the answered requests.", registry=r
+        )
+        self.generated_tokens = Counter(
+            "llamapyz_generated_tokens", "Tokens generated.", registry=r
+        )
+        self.speed = Histogram(
+            "llamapyz_tokens_per_second",
+            "Generated tokens per second of each request, prompt included.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        busy = Gauge("llamapyz_slots_busy", "Slots generating now.", registry=r)
+        busy.set_function(lambda: float(service.status()["busy"]))
+        slots = Gauge("llamapyz_slots", "Slots (--parallel).", registry=r)
+        slots.set(service.slots)
+        waiting = Gauge("llamapyz_queue_length", "Requests waiting for a slot.", registry=r)
+        waiting.set_function(lambda: float(service.status()["waiting"]))
+
+    def observe(self, job: Job, done: dict[str, Any], seconds: float) -> None:
+        made = int(done.get("completion_tokens", 0))
+        self.requests.inc()
+        self.prompt_tokens.inc(len(job.prompt))
+        self.generated_tokens.inc(made)
+        if seconds > 0 and made:
+            self.speed.observe(made / seconds)
+
+    def text(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
