@@ -24,6 +24,7 @@ from runtime.serve.state import ServerState
 __all__ = ["ServerState", "chat_page", "create_app", "serve"]
 
 WEB = Path(__file__).parent / "web"
+UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}  # pydantic's names of union branches
 
 
 def _error(
@@ -50,7 +51,7 @@ def create_app(state: ServerState) -> FastAPI:
             return _error(400, "the request body is not valid JSON", "invalid_json", None, request)
         # pydantic names the branch of a union it tried ("literal['auto',…]"): not a field.
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        where = ".".join(p for p in loc if not any(c in p for c in "[('"))
+        where = ".".join(p for p in loc if p not in UNION_TAGS and not any(c in p for c in "[('"))
         message = (
             f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg"))
         )

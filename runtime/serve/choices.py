@@ -13,7 +13,7 @@ from runtime.chat import reasoning
 from runtime.chat.tools import ToolCall, ToolStream, parse
 from runtime.serve.jobs import Job
 
-ARGUMENT_PIECE = 24  # characters of a streamed call's arguments per chunk
+ARGUMENT_PIECE = 8  # characters of a streamed call's arguments per chunk
 
 
 @dataclass

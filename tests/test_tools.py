@@ -1,0 +1,179 @@
+"""Tool calls and reasoning read from model-shaped text: every format, whole and streamed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime.chat import reasoning, tools
+from runtime.engine import grammar
+
+KNOWN = ["get_weather", "get_time"]
+
+
+def calls(text: str) -> tuple[str, list[tuple[str, object]]]:
+    prose, found = tools.parse(text, KNOWN)
+    return prose, [(c.name, json.loads(c.arguments)) for c in found]
+
+
+def streamed(text: str, size: int = 3) -> tuple[str, list[tuple[str, object]]]:
+    """What a ToolStream sends, fed `text` a few characters at a time."""
+    stream = tools.ToolStream(KNOWN)
+    prose = "".join(stream.feed(text[i : i + size]) for i in range(0, len(text), size))
+    rest, found = stream.finish()
+    return prose + rest, [(c.name, json.loads(c.arguments)) for c in found]
+
+
+HERMES = (  # Qwen2.5 / Hermes 2 Pro
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n'
+    "</tool_call>"
+)
+HERMES_TWO = (
+    'Let me check both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+    '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+)
+LLAMA3 = '{"name": "get_weather", "parameters": {"city": "Paris"}}'  # Llama 3.1/3.2 JSON
+LLAMA3_TAG = '<|python_tag|>{"name": "get_time", "parameters": {"zone": "UTC"}}'
+MISTRAL = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "a1B2c3D4e"}]'
+MISTRAL_V11 = '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}'  # Mistral Small 3.2, Magistral
+PLAIN = '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}'  # arguments as text
+FENCED = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+LIST = '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]'
+
+PARIS = ("get_weather", {"city": "Paris"})
+
+
+@pytest.mark.parametrize(
+    ("text", "prose", "expected"),
+    [
+        (HERMES, "", [("get_weather", {"city": "Paris", "unit": "celsius"})]),
+        (HERMES_TWO, "Let me check both.", [PARIS, ("get_time", {"zone": "CET"})]),
+        (
+            HERMES.replace("</tool_call>", ""),
+            "",
+            [("get_weather", {"city": "Paris", "unit": "celsius"})],
+        ),
+        (LLAMA3, "", [PARIS]),
+        (LLAMA3_TAG, "", [("get_time", {"zone": "UTC"})]),
+        (MISTRAL, "", [PARIS]),
+        (MISTRAL_V11, "", [PARIS]),
+        (PLAIN, "", [PARIS]),
+        (FENCED, "", [PARIS]),
+        (LIST, "", [PARIS, ("get_time", {})]),
+    ],
+)
+def test_each_format_gives_its_calls_whole_and_streamed(
+    text: str, prose: str, expected: list[tuple[str, object]]
+) -> None:
+    assert calls(text) == (prose, expected)
+    for size in (1, 4, 50):
+        got_prose, got = streamed(text, size)
+        assert got == expected
+        assert got_prose.strip() == prose
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The weather in Paris is sunny.",
+        '{"city": "Paris"}',  # JSON, but it names no tool
+        '{"name": "delete_files", "arguments": {}}',  # a tool the request did not offer
+        '<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>',  # cut short
+        '{"name": "get_weather", "arguments": {}} and then some prose',
+    ],
+)
+def test_text_that_is_no_call_comes_back_whole(text: str) -> None:
+    assert calls(text) == (text, [])
+    assert streamed(text) == (text, [])
+
+
+def test_prose_streams_at_once_and_only_a_marker_is_held() -> None:
+    stream = tools.ToolStream(KNOWN)
+    assert stream.feed("Sure") == "Sure"
+    assert stream.feed(", checking <tool") == ", checking "  # may begin <tool_call>
+    assert stream.feed("_call>") == ""
+    assert stream.feed('{"name": "get_time", "arguments": {}}</tool_call>') == ""
+    rest, found = stream.finish()
+    assert (rest, [c.name for c in found]) == ("", ["get_time"])
+    stream = tools.ToolStream(KNOWN)
+    assert stream.feed("a < b") == "a < b"
+
+
+def test_call_ids_are_distinct_and_openai_shaped() -> None:
+    _, found = tools.parse(HERMES_TWO, KNOWN)
+    assert len({c.id for c in found}) == 2
+    first = found[0].openai(0)
+    assert first["index"] == 0 and first["type"] == "function"
+    assert first["id"].startswith("call_")
+    assert json.loads(first["function"]["arguments"]) == {"city": "Paris"}
+
+
+def test_the_call_grammar_is_built_from_the_schemas() -> None:
+    defs = [
+        {
+            "type": "function",
+            "function": {
+                "name": n,
+                "parameters": {
+                    "type": "object",
+                    "properties": {"x": {"type": "integer"}},
+                    "required": ["x"],
+                },
+            },
+        }
+        for n in KNOWN
+    ]
+    both = grammar.from_schema(tools.call_schema(defs))
+    one = grammar.from_schema(tools.call_schema(defs, only="get_time"))
+    assert "get_weather" in both and "get_time" in both
+    assert "get_time" in one and "get_weather" not in one
+    assert "integer" in one or "[0-9]" in one
+
+
+def test_a_template_without_tools_gets_them_as_text() -> None:
+    convo = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "Snow, -3"},
+    ]
+    plain = tools.as_plain_messages(convo)
+    assert plain[1] == {
+        "role": "assistant",
+        "content": '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>',
+    }
+    assert plain[2] == {"role": "user", "content": "<tool_response>\nSnow, -3\n</tool_response>"}
+    described = tools.system_text([{"type": "function", "function": {"name": "get_weather"}}])
+    assert '"name": "get_weather"' in described and "<tool_call>" in described
+
+
+@pytest.mark.parametrize(
+    ("text", "opened", "thought", "answer"),
+    [
+        ("<think>\n2 and 2 make 4.\n</think>\n\nIt is 4.", False, "2 and 2 make 4.", "It is 4."),
+        ("2 and 2 make 4.\n</think>\n\nIt is 4.", True, "2 and 2 make 4.", "It is 4."),  # R1
+        ("It is 4.", False, "", "It is 4."),
+        ("<think>still thinking", False, "still thinking", ""),
+    ],
+)
+def test_reasoning_is_split_whole_and_streamed(
+    text: str, opened: bool, thought: str, answer: str
+) -> None:
+    assert reasoning.split(("<think>" if opened else "") + text) == (thought, answer)
+    for size in (1, 5, 100):
+        stream = reasoning.ReasoningStream(opened)
+        pieces = [p for i in range(0, len(text), size) for p in stream.feed(text[i : i + size])]
+        pieces += stream.finish()
+        got_thought = "".join(t for k, t in pieces if k == "reasoning")
+        got_answer = "".join(t for k, t in pieces if k == "content")
+        assert (got_thought.strip(), got_answer) == (thought, answer)
