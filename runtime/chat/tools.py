@@ -130,7 +130,8 @@ def _call(obj: Any, known: list[str]) -> Optional[ToolCall]:
 def _json_values(text: str) -> tuple[list[Any], str]:
     """The JSON values in `text` one after another (separated by blanks, ';' or ','), and what is left."""
     decoder = json.JSONDecoder()
-    values, at = [], 0
+    values: list[Any] = []
+    at = 0
     while True:
         while at < len(text) and text[at] in " \t\r\n;,":
             at += 1

@@ -118,7 +118,7 @@ class Streamer:
         return out
 
     def _pieces(self, pieces: list[tuple[str, str]], end: bool) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for kind, text in pieces:
             if kind == "reasoning":
                 out.append({"delta": {"reasoning_content": text}})

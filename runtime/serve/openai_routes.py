@@ -140,7 +140,7 @@ def chat_jobs(state: ServerState, body: ChatRequest) -> tuple[choices.Reading, l
                 "invalid_value",
                 "tool_choice",
             )
-        only = None if choice == "required" else choice.function.name  # type: ignore[union-attr]
+        only = None if choice == "required" else choice.function.name
         if only is not None and only not in tools.names(defs):
             raise APIError(
                 400,

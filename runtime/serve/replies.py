@@ -197,7 +197,9 @@ async def deltas(
                 last, finish = readers[index].done(value["finish_reason"])
                 for fields in last:
                     yield "choice", (index, fields, None)
-                closing = {"delta": {}} if reading.chat else {"text": "", "logprobs": None}
+                closing: dict[str, Any] = (
+                    {"delta": {}} if reading.chat else {"text": "", "logprobs": None}
+                )
                 yield "choice", (index, closing, finish)
         yield "usage", usage(jobs, dones)
     finally:

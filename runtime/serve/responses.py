@@ -105,8 +105,8 @@ def to_chat(body: ResponsesRequest) -> ChatRequest:
                 "invalid_value",
                 "tools",
             )
-        fields = {k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}
-        tools.append({"type": "function", "function": fields})
+        function = {k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}
+        tools.append({"type": "function", "function": function})
     choice: Any = body.tool_choice
     if isinstance(choice, dict) and choice.get("type") == "function":
         choice = {"type": "function", "function": {"name": choice.get("name", "")}}
