@@ -279,10 +279,17 @@ def main(**kw: Any) -> None:
             click.echo(f"cpu variant: {choice.variant} ({choice.reason})", err=True)
         engine.start_backend(choice.path)
         offload = modes.offload(opts, source, endpoints, choice) if endpoints else None
+        if opts.server:  # the server answers 503 while the model loads
+            modes.serve(
+                lambda: modes.open_model(opts, source, offload, choice),
+                source,
+                opts,
+                grammar_text,
+                sock,
+            )
+            return
         with modes.open_model(opts, source, offload, choice) as llm:
-            if opts.server:
-                modes.serve(llm, source, opts, grammar_text, sock)
-            elif opts.embedding:
+            if opts.embedding:
                 click.echo(json.dumps(llm.embed(text)))
             elif chatting:
                 modes.chat(llm, opts, grammar_text)

@@ -74,7 +74,10 @@ def bind(opts: Options) -> Any:
     return listen.bind(opts.host, opts.port)
 
 
-def serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any) -> None:
+def serve(
+    load_model: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any
+) -> None:
+    """Serve on `sock`, answering 503 while `load_model()` loads the model."""
     import time
 
     from runtime.chat import templates
@@ -82,30 +85,40 @@ def serve(llm: Any, source: Any, opts: Options, grammar_text: Optional[str], soc
     from runtime.serve import metrics, service
     from runtime.serve import state as served
 
-    fmt = templates.choose(llm, opts.chat_template, baked_template())
-    click.echo(fmt.notice(), err=True)
-    work = service.Service(llm, slots=opts.parallel)
-    state = server.ServerState(
-        service=work,
-        model=llm,
-        fmt=fmt,
-        model_id=served.model_id(opts.alias, source),
-        reasoning_format=opts.reasoning_format,
-        metrics=metrics.Metrics(work),
-        defaults=opts.sampling(grammar_text),
-        n_predict=opts.n_predict,
-        stops=opts.stop,
-        api_key=opts.api_key,
-        created=int(time.time()),
-        cors_origins=opts.cors_origin,
-    )
+    loaded: list[Any] = []
+
+    def load() -> Any:
+        llm = load_model()
+        loaded.append(llm)
+        fmt = templates.choose(llm, opts.chat_template, baked_template())
+        click.echo(fmt.notice(), err=True)
+        work = service.Service(llm, slots=opts.parallel)
+        return server.ServerState(
+            service=work,
+            model=llm,
+            fmt=fmt,
+            model_id=served.model_id(opts.alias, source),
+            reasoning_format=opts.reasoning_format,
+            metrics=metrics.Metrics(work),
+            defaults=opts.sampling(grammar_text),
+            n_predict=opts.n_predict,
+            stops=opts.stop,
+            api_key=opts.api_key,
+            created=int(time.time()),
+            cors_origins=opts.cors_origin,
+        )
+
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(
             f"warning: listening on {opts.host}: anyone who can reach this address can use the model"
             + ("" if opts.api_key else " (no --api-key is set)"),
             err=True,
         )
-    server.serve(state, sock, opts.host, open_browser=not opts.nobrowser)
+    try:
+        server.serve(load, sock, opts.host, open_browser=not opts.nobrowser)
+    finally:
+        for llm in loaded:
+            llm.close()
 
 
 def clean_cache() -> None:

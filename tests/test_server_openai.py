@@ -402,3 +402,46 @@ def test_bad_fields_get_a_4xx_naming_them_and_the_server_keeps_serving(
     out = client.chat.completions.create(model="m", messages=ASK, max_tokens=2)
     assert out.choices[0].message.content
     assert server.proc.poll() is None
+
+
+def test_health_is_503_while_the_model_loads(smollm2_pyz: Path) -> None:
+    import subprocess
+    import time
+
+    from test_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(smollm2_pyz), "--server", "--port", str(port), "--nobrowser"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    seen: list[tuple[int, Any]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    seen.append((r.status, json.loads(r.read())["status"]))
+                    break
+            except urllib.error.HTTPError as exc:
+                seen.append((exc.code, json.loads(exc.read())["status"]))
+            except (ConnectionError, urllib.error.URLError):
+                pass  # not accepting yet: the CPU variant is being chosen
+            time.sleep(0.005)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert seen[-1] == (200, "ok")
+    assert (503, "loading") in seen and set(seen[:-1]) == {(503, "loading")}
+
+
+def test_a_model_that_fails_to_load_under_server_is_one_line(
+    bare_pyz: Path, smollm2: Path, tmp_path: Path
+) -> None:
+    from conftest import assert_clean_error, run_pyz
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2.read_bytes()[: 4 << 20])
+    result = run_pyz(bare_pyz, "-m", str(cut), "--server", "--port", "0", "--nobrowser")
+    assert_clean_error(result, 1, "could not load the model")

@@ -6,11 +6,12 @@ server keeps serving); `replies` runs the work on `service.Service` and shapes t
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -109,8 +110,33 @@ def chat_page() -> str:
     return html
 
 
-def serve(state: ServerState, sock: socket.socket, host: str, open_browser: bool) -> None:
-    """Serve on `sock` until interrupted; say where on stderr once ready."""
+class Loading:
+    """The ASGI app while the model loads: 503 for every request, then the real app."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.app is not None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        error = {"message": "the model is loading", "type": "unavailable_error", "code": "loading"}
+        body = {"status": "loading"} if scope["path"] == "/health" else {"error": error}
+        headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+def serve(
+    load: Callable[[], ServerState], sock: socket.socket, host: str, open_browser: bool
+) -> None:
+    """Serve on `sock` until interrupted: 503 while `load` runs, then its state's app.
+
+    Says where on stderr once both the server and the model are ready; an error raised by
+    `load` stops the server and is raised here.
+    """
     import sys
     import threading
 
@@ -119,12 +145,21 @@ def serve(state: ServerState, sock: socket.socket, host: str, open_browser: bool
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{bound}"
-    config = uvicorn.Config(
-        create_app(state), log_level="warning", access_log=False, lifespan="off"
-    )
+    loading = Loading()
+    config = uvicorn.Config(loading, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
+    ready: list[ServerState] = []
+    failed: list[BaseException] = []
 
-    def announce() -> None:
+    def prepare() -> None:
+        try:
+            state = load()
+            loading.app = create_app(state)
+            ready.append(state)
+        except BaseException as exc:  # raised again on the main thread, once the server stops
+            failed.append(exc)
+            server.should_exit = True
+            return
         while not server.started and not server.should_exit:
             time.sleep(0.02)
         if server.started:
@@ -136,11 +171,16 @@ def serve(state: ServerState, sock: socket.socket, host: str, open_browser: bool
             if open_browser:
                 _open_browser(url)
 
-    threading.Thread(target=announce, daemon=True).start()
+    worker = threading.Thread(target=prepare, name="llamapyz-load", daemon=True)
+    worker.start()
     try:
         server.run(sockets=[sock])
     finally:
-        state.service.close()
+        if ready:
+            ready[0].service.close()
+    if failed:
+        raise failed[0]
+    worker.join(timeout=0)
 
 
 def _open_browser(url: str) -> None:
