@@ -45,7 +45,9 @@ def page(page_server: Server, tmp_path: Path) -> Iterator[Any]:
 
 
 def test_page_shows_model_streams_answer_stops_and_starts_over(page: Any, tmp_path: Path) -> None:
-    page.wait_for_function("document.getElementById('model').textContent.includes('Smollm2')")
+    page.wait_for_function(
+        "document.getElementById('model').textContent.includes('SmolLM2-135M-Instruct')"
+    )
     page.fill("#input", "What is 2 + 2?")
     page.press("#input", "Enter")
     page.wait_for_selector(".msg.assistant:not(.pending)", timeout=120_000)
