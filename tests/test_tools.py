@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,58 @@ def test_reasoning_is_split_whole_and_streamed(
         got_thought = "".join(t for k, t in pieces if k == "reasoning")
         got_answer = "".join(t for k, t in pieces if k == "content")
         assert (got_thought.strip(), got_answer) == (thought, answer)
+
+
+TOOL_TEMPLATE = """{%- if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>
+{% endif %}{%- for m in messages %}<{{ m.role }}>{{ m.content or '' }}
+{%- for c in m.tool_calls or [] %}[{{ c.function.name }} {{ c.function.arguments | tojson }}]{% endfor %}
+{%- if m.tool_call_id %}({{ m.tool_call_id }}){% endif %}
+{% endfor %}<assistant>"""
+
+CONVO = [
+    {"role": "user", "content": "Weather?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "Snow"},
+]
+OFFERED = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+
+def test_tools_reach_the_model_through_its_template(tmp_path: Path) -> None:
+    from conftest import write_tiny_gguf
+
+    from runtime.chat import templates
+    from runtime.engine import cpu
+    from runtime.engine import model as engine
+    from runtime.sources.source import ModelSource
+
+    gguf = write_tiny_gguf(tmp_path / "m.gguf", extra_tokens=["<|im_start|>", "<|im_end|>"])
+    engine.set_verbose(False)
+    engine.start_backend(cpu.choose().path)
+    jinja = tmp_path / "tools.jinja"
+    jinja.write_text(TOOL_TEMPLATE)
+    with engine.Model(ModelSource(gguf, 0, gguf.stat().st_size, "m"), n_ctx=128) as m:
+        own = templates.render(templates.from_spec(str(jinja), ""), CONVO, m, OFFERED)
+        chatml = templates.render(templates.from_spec("chatml", ""), CONVO, m, OFFERED)
+    # A template that knows tools gets them, and the call's arguments as an object.
+    assert own == (
+        "<tools>get_weather;</tools>\n<user>Weather?"
+        '<assistant>[get_weather {"city": "Oslo"}]<tool>Snow(c1)<assistant>'
+    )
+    # One that does not gets them in a system message and the calls as text.
+    assert chatml.startswith("<|im_start|>system\nYou can call functions.")
+    assert '{"name": "get_weather", "parameters": {}}' in chatml
+    assert (
+        '<|im_start|>assistant\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+        "</tool_call><|im_end|>"
+    ) in chatml
+    assert "<|im_start|>user\n<tool_response>\nSnow\n</tool_response><|im_end|>" in chatml
