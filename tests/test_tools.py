@@ -233,3 +233,39 @@ def test_tools_reach_the_model_through_its_template(tmp_path: Path) -> None:
         "</tool_call><|im_end|>"
     ) in chatml
     assert "<|im_start|>user\n<tool_response>\nSnow\n</tool_response><|im_end|>" in chatml
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "arguments": {"city": "Paris", "days": [1, 2]}}',  # a grammar's
+        HERMES_TWO.split("Let me check both.\n")[1],
+    ],
+)
+def test_a_calls_arguments_stream_as_they_are_written(text: str) -> None:
+    from runtime.serve.choices import Reading, Streamer
+    from runtime.serve.jobs import Job
+
+    streamer = Streamer(
+        Reading(chat=True, model=None, tools=KNOWN), Job(prompt=[], n_predict=0, sampling=None)
+    )
+    deltas = []
+    for i in range(0, len(text), 2):
+        deltas.append(streamer.text(text[i : i + 2]))
+    tail, finish = streamer.done("stop")
+    sent_early = [d for batch in deltas for d in batch]
+    calls: dict[int, dict[str, str]] = {}
+    for d in sent_early + tail:
+        for c in d["delta"]["tool_calls"]:
+            entry = calls.setdefault(c["index"], {"name": "", "arguments": ""})
+            entry["name"] += c["function"].get("name", "")
+            entry["arguments"] += c["function"]["arguments"]
+    assert finish == "tool_calls"
+    _, expected = tools.parse(text, KNOWN)
+    assert [c["name"] for c in calls.values()] == [c.name for c in expected]
+    for got, want in zip(calls.values(), expected):
+        assert json.loads(got["arguments"]) == json.loads(want.arguments)
+    early = "".join(
+        c["function"]["arguments"] for d in sent_early for c in d["delta"]["tool_calls"]
+    )
+    assert len(early) > 10  # most of the first call's arguments went out before the end

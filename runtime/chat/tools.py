@@ -10,6 +10,7 @@ a tool. Pure text functions: no model, no HTTP.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -21,6 +22,11 @@ PYTHON_TAG = "<|python_tag|>"
 OPENERS = (HERMES_OPEN, MISTRAL, PYTHON_TAG, "{", "[", "```")
 # What may begin a call after some prose.
 INLINE = (HERMES_OPEN, MISTRAL, PYTHON_TAG)
+# The start of a call whose arguments can be streamed as they are written.
+LIVE_HEAD = re.compile(
+    r'\s*(?:<tool_call>\s*|<\|python_tag\|>\s*)?\{\s*"name"\s*:\s*"([^"\\]+)"\s*,'
+    r'\s*"(?:arguments|parameters)"\s*:\s*'
+)
 
 
 @dataclass
@@ -204,6 +210,32 @@ class ToolStream:
         self.held = ""  # text not sent yet
         self.calling = False  # the held text is (probably) a call
         self.started = False  # some prose has been sent
+        self.live: Optional[ToolCall] = None  # the first call, while its arguments stream
+        self.live_at = 0  # where its arguments begin in the held text
+        self.live_sent = 0  # characters of them sent
+
+    def progress(self) -> tuple[Optional[ToolCall], str]:
+        """While a reply's first call is written: the call once its name is known, and the
+        argument text that may be sent now (all but what could be the call's closing brace)."""
+        if not self.calling:
+            return None, ""
+        new = None
+        if self.live is None:
+            head = LIVE_HEAD.match(self.held)
+            if head is None or head.group(1) not in self.known:
+                return None, ""
+            if self.held[head.end() : head.end() + 1] != "{":  # arguments as an object only
+                return None, ""
+            self.live, self.live_at, new = ToolCall(head.group(1), ""), head.end(), True
+        args = self.held[self.live_at :]
+        try:  # complete: send up to its end, never what follows (another call, say)
+            cut = json.JSONDecoder().raw_decode(args)[1]
+        except ValueError:
+            cut = args.rfind("}")
+            cut = len(args) if cut < 0 else cut
+        piece = args[self.live_sent : cut] if cut > self.live_sent else ""
+        self.live_sent += len(piece)
+        return (self.live if new else None), piece
 
     def feed(self, text: str) -> str:
         """The prose that is safe to send now."""
@@ -237,10 +269,21 @@ class ToolStream:
         self.started = self.started or bool(out)
         return out
 
+    live_tail = ""  # after finish(): the streamed call's arguments not sent yet
+
     def finish(self) -> tuple[str, list[ToolCall]]:
-        """The prose left to send, and the calls found in the held text."""
+        """The prose left to send, and the calls found in the held text (a streamed one first)."""
         held, self.held = self.held, ""
         if not self.calling:
             return held, []
+        if self.live is not None:  # the arguments' text as written, the rest of it now
+            try:
+                _, end = json.JSONDecoder().raw_decode(held, self.live_at)
+            except ValueError:
+                end = len(held)
+            self.live.arguments = held[self.live_at : max(end, self.live_at + self.live_sent)]
+            self.live_tail = self.live.arguments[self.live_sent :]
+            _, calls = parse(held, self.known)
+            return "", [self.live, *calls[1:]]
         prose, calls = parse(held, self.known)
         return (prose, calls) if calls else (held, [])

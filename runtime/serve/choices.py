@@ -127,24 +127,37 @@ class Streamer:
                 text = self.calls.feed(text)
             if text:
                 out.append(self._content(text))
+            if self.calls is not None:
+                started, piece = self.calls.progress()
+                if started is not None:
+                    out.append(self._head(started, 0))
+                if piece:
+                    out.append(self._arguments(0, piece))
         if end and self.calls is not None:
+            live = self.calls.live is not None
             rest, found = self.calls.finish()
             found = found if self.r.parallel else found[:1]
             if rest:
                 out.append(self._content(rest))
+            if live and self.calls.live_tail:
+                out.append(self._arguments(0, self.calls.live_tail))
             for index, call in enumerate(found):
-                head = call.openai(index)
-                head["function"] = {"name": call.name, "arguments": ""}
-                out.append({"delta": {"tool_calls": [head]}})
+                if live and index == 0:
+                    continue  # sent as it was written
+                out.append(self._head(call, index))
                 args = call.arguments
                 for at in range(0, len(args), ARGUMENT_PIECE):
-                    piece = {
-                        "index": index,
-                        "function": {"arguments": args[at : at + ARGUMENT_PIECE]},
-                    }
-                    out.append({"delta": {"tool_calls": [piece]}})
+                    out.append(self._arguments(index, args[at : at + ARGUMENT_PIECE]))
             self.found = bool(found)
         return out
+
+    def _head(self, call: ToolCall, index: int) -> dict[str, Any]:
+        head = call.openai(index)
+        head["function"] = {"name": call.name, "arguments": ""}
+        return {"delta": {"tool_calls": [head]}}
+
+    def _arguments(self, index: int, text: str) -> dict[str, Any]:
+        return {"delta": {"tool_calls": [{"index": index, "function": {"arguments": text}}]}}
 
     def text(self, text: str) -> list[dict[str, Any]]:
         pieces = self.thinking.feed(text) if self.thinking else [("content", text)]
