@@ -42,7 +42,7 @@ def fim_server(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) ->
 
 def test_list_show_ps_and_version(client: ollama.Client, server: Server) -> None:
     listed = client.list().models
-    assert [m.model for m in listed] == ["Smollm2 135M 8k Lc100K Mix1 Ep2:latest"]
+    assert [m.model for m in listed] == ["SmolLM2-135M-Instruct.Q4_1:latest"]
     entry = listed[0]
     assert entry.details is not None
     assert entry.details.format == "gguf" and entry.details.family == "llama"
@@ -77,7 +77,7 @@ def test_chat_whole_and_streamed_agree(client: ollama.Client) -> None:
     assert "4" in text
     assert whole.message.role == "assistant"
     assert whole.done and whole.done_reason in ("stop", "length")
-    assert whole.model == "Smollm2 135M 8k Lc100K Mix1 Ep2:latest"
+    assert whole.model == "SmolLM2-135M-Instruct.Q4_1:latest"
     assert whole.eval_count is not None and 0 < whole.eval_count <= 12
     assert whole.prompt_eval_count is not None and whole.prompt_eval_count > 10
     for field in ("total_duration", "prompt_eval_duration", "eval_duration"):
