@@ -89,7 +89,9 @@ def test_page_shows_model_streams_answer_stops_and_starts_over(page: Any, tmp_pa
 
 
 def test_markdown_rendered_as_it_streams_and_model_html_escaped(page: Any) -> None:
-    page.wait_for_function("document.getElementById('model').textContent.includes('Smollm2')")
+    page.wait_for_function(
+        "document.getElementById('model').textContent.includes('SmolLM2-135M-Instruct')"
+    )
     page.fill("#input", "Write a Python function that adds two numbers.")
     page.press("#input", "Enter")
     # A code block while the reply still streams, and one once it is done.
