@@ -92,6 +92,87 @@ def test_chat_whole_and_streamed_agree(client: ollama.Client) -> None:
     assert parts[-1].done_reason == whole.done_reason
 
 
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+# SmolLM2 does not call tools on its own: `format` holds it to the shape of one call, so the
+# reply is a call every time, and what is tested is that the server finds it and answers it.
+ONE_CALL = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": WEATHER["function"]["parameters"],
+    },
+    "required": ["name", "arguments"],
+}
+
+
+def test_chat_returns_tool_calls_whole_and_streamed(client: ollama.Client) -> None:
+    whole = client.chat(
+        model="x", messages=ASK, tools=[WEATHER], format=ONE_CALL, options={"num_predict": 40}
+    )
+    [call] = whole.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert isinstance(call.function.arguments, dict)
+    assert isinstance(call.function.arguments["city"], str)
+    assert whole.message.content == ""  # the call's JSON is not also given as text
+    assert whole.done_reason == "stop"
+
+    parts = list(
+        client.chat(
+            model="x",
+            messages=ASK,
+            tools=[WEATHER],
+            format=ONE_CALL,
+            options={"num_predict": 40},
+            stream=True,
+        )
+    )
+    with_calls = [p for p in parts if p.message.tool_calls]
+    assert len(with_calls) == 1 and not with_calls[0].done  # all calls in one line, as Ollama
+    assert with_calls[0].message.tool_calls == whole.message.tool_calls
+    assert "".join(p.message.content or "" for p in parts) == ""
+    assert parts[-1].done and parts[-1].done_reason == "stop"
+
+
+def test_without_tools_the_same_reply_is_text(client: ollama.Client) -> None:
+    out = client.chat(model="x", messages=ASK, format=ONE_CALL, options={"num_predict": 40})
+    assert out.message.tool_calls is None
+    assert json.loads(out.message.content or "")["name"] == "get_weather"
+
+
+def test_a_tool_result_goes_back_to_the_model(client: ollama.Client) -> None:
+    called: Any = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+    ]
+    answered = [
+        *called,
+        {"role": "tool", "content": "Sunny, 24 degrees", "tool_name": "get_weather"},
+    ]
+    before = client.chat(model="x", messages=called, tools=[WEATHER], options={"num_predict": 1})
+    out = client.chat(model="x", messages=answered, tools=[WEATHER], options={"num_predict": 24})
+    assert out.message.content and not out.message.tool_calls
+    # The result is read by the model: the prompt is longer by it (SmolLM2's template has no
+    # tools, so the call and its result are written as text, as the OpenAI routes do).
+    assert (out.prompt_eval_count or 0) > (before.prompt_eval_count or 0) + 8
+    assert "Sunny" in (out.message.content or "")
+
+
 def test_generate_raw_context_and_system(client: ollama.Client) -> None:
     first = client.generate(
         model="x", prompt="The capital of France is", raw=True, options={"num_predict": 4}
@@ -229,7 +310,13 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("/api/chat", {"messages": MSG, "format": {"type": "nonsense"}}, "format: cannot turn"),
     ("/api/chat", {"messages": MSG, "think": True}, "does not support thinking"),
     ("/api/chat", {"messages": MSG, "think": "high"}, "think: give true or false"),
-    ("/api/chat", {"messages": MSG, "tools": [{"type": "function"}]}, "tools: tool calling"),
+    ("/api/chat", {"messages": MSG, "tools": [{"type": "function"}]}, "tools.0.function"),
+    ("/api/chat", {"messages": MSG, "tools": "x"}, "tools: Input should be a valid list"),
+    (
+        "/api/chat",
+        {"messages": MSG, "tools": [{"type": "function", "function": {"name": "bad name"}}]},
+        "tools.0.function.name",
+    ),
     (
         "/api/chat",
         {"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]},

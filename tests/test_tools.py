@@ -269,3 +269,41 @@ def test_a_calls_arguments_stream_as_they_are_written(text: str) -> None:
         c["function"]["arguments"] for d in sent_early for c in d["delta"]["tool_calls"]
     )
     assert len(early) > 10  # most of the first call's arguments went out before the end
+
+
+def test_ollama_replies_use_these_readers() -> None:
+    """/api/chat reads replies with the same parser and splitter, in Ollama's call shape."""
+    from runtime.serve import ollama_replies
+    from runtime.serve.ollama_api import messages_of
+    from runtime.serve.ollama_models import Message
+
+    text = "<think>Paris, then.</think>" + HERMES
+    thought, content, found = ollama_replies.whole(text, True, False, KNOWN)
+    assert thought == "Paris, then." and content == ""
+    assert found == [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}}
+    ]
+    reader = ollama_replies.Reader(True, False, KNOWN)
+    pieces = [reader.feed(text[i : i + 3]) for i in range(0, len(text), 3)]
+    end = reader.finish()
+    assert "".join(t for t, _ in pieces) + end[0] == thought
+    assert "".join(c for _, c in pieces) + end[1] == "" and end[2] == found
+    # Arguments that are not an object are no call Ollama can send: the text stays text.
+    odd = '{"name": "get_weather", "arguments": "Paris"}'
+    assert ollama_replies.whole(odd, False, False, KNOWN) == ("", odd, [])
+
+    convo = messages_of(
+        [
+            Message(role="user", content="Weather?"),
+            Message.model_validate(
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"function": {"name": "get_weather", "arguments": {"c": "P"}}}],
+                }
+            ),
+            Message(role="tool", content="Sunny", tool_name="get_weather"),
+        ]
+    )
+    [call] = convo[1]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"c": "P"}'}
+    assert convo[2]["tool_call_id"] == call["id"] and convo[2]["name"] == "get_weather"

@@ -7,13 +7,14 @@ are `{"error": "..."}` (app.py's handlers give every /api/ path that shape).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Request
 
-from runtime.chat import templates
+from runtime.chat import reasoning, templates, tools
 from runtime.engine import facts, grammar
 from runtime.serve import ollama_facts, ollama_replies, replies
 from runtime.serve.jobs import Job
@@ -25,6 +26,7 @@ from runtime.serve.ollama_models import (
     EmbedRequest,
     GenerateRequest,
     GenerationRequest,
+    Message,
     Options,
     ShowRequest,
 )
@@ -65,25 +67,20 @@ def router(state: Any, authorize: Any) -> APIRouter:
     async def chat(body: ChatRequest, request: Request) -> Any:
         started = time.perf_counter()
         think = _common(state, body)
-        if body.tools:
-            raise bad("tools: tool calling is not supported by this server yet", "tools")
         for i, m in enumerate(body.messages):
             if m.images:
                 raise _no_vision(f"messages[{i}].images")
-            if m.tool_calls:
-                raise bad(
-                    f"messages[{i}].tool_calls: tool calling is not supported by this server yet",
-                    "messages",
-                )
         if not body.messages:
             return ollama_replies.loaded(name(), chat=True)
-        messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+        defs = [t.model_dump(exclude_none=True) for t in body.tools or []]
         try:
-            text = templates.render(state.fmt, messages, model)
+            text = templates.render(state.fmt, messages_of(body.messages), model, defs or None)
         except templates.TemplateError as exc:
             raise bad(str(exc), "messages") from None
         job, window = _job(state, body, model.tokenize(text), state.fmt.stops)
         reply = _reply(state, True, think, started, window)
+        reply.tools = tools.names(defs)
+        reply.opened = think and text.rstrip().endswith(reasoning.OPEN)
         return await ollama_replies.answer(state.service, reply, job, request, body.stream)
 
     @api.post("/api/generate", response_model=None)
@@ -140,6 +137,36 @@ def router(state: Any, authorize: Any) -> APIRouter:
     return api
 
 
+def messages_of(body: list[Message]) -> list[dict[str, Any]]:
+    """The conversation as the chat templates take it (the OpenAI routes' shape): a call's
+    arguments as JSON text, with an id that the tool results after it answer, in order."""
+    out = []
+    waiting: list[str] = []  # ids of the calls not answered yet
+    for i, m in enumerate(body):
+        entry: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+        if m.tool_calls:
+            entry["tool_calls"] = [
+                {
+                    "id": f"call_{i}_{j}",
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": _json(c.function.arguments)},
+                }
+                for j, c in enumerate(m.tool_calls)
+            ]
+            waiting = [c["id"] for c in entry["tool_calls"]]
+        if m.role == "tool":
+            if waiting:
+                entry["tool_call_id"] = waiting.pop(0)
+            if m.tool_name:
+                entry["name"] = m.tool_name
+        out.append(entry)
+    return out
+
+
+def _json(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
 def _common(state: Any, body: GenerationRequest) -> bool:
     """Checks shared by /api/chat and /api/generate; whether to split out the thinking."""
     _check_options(body.options)
@@ -149,7 +176,7 @@ def _common(state: Any, body: GenerationRequest) -> bool:
         return False
     if body.think is not True:
         raise bad(f"think: give true or false, not {body.think!r}", "think")
-    if not facts.has_token(state.model, ollama_replies.THINK_OPEN):
+    if not facts.has_token(state.model, reasoning.OPEN):
         raise bad(f"think: {state.model_id} does not support thinking", "think")
     return True
 

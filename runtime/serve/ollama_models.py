@@ -6,6 +6,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.serve.openai_models import Tool
+
 # pydantic reads these annotations at run time: Optional and Union, not `X | None`, keep the
 # server importable on Python 3.9.
 
@@ -94,7 +96,7 @@ class Message(BaseModel):
 
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(default_factory=list)
-    tools: Optional[list[dict[str, Any]]] = None
+    tools: Optional[list[Tool]] = Field(None, max_length=128)  # OpenAI's shape, Ollama's too
 
 
 class GenerateRequest(GenerationRequest):

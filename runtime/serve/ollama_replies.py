@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from runtime.chat import reasoning, tools
 from runtime.serve import replies
 from runtime.serve.jobs import Job
 from runtime.serve.service import Service
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def now_iso() -> str:
@@ -32,44 +31,63 @@ def ns(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
-class ThinkSplit:
-    """Separates the text inside <think>…</think> from the reply, piece by piece."""
+class Reader:
+    """Reads a chat reply's text as it comes, with the OpenAI routes' own readers: the thinking
+    apart (chat/reasoning.py) and tool calls held back, then parsed (chat/tools.py)."""
 
-    def __init__(self) -> None:
-        self.inside = False
-        self.held = ""  # text that may be the start of a marker
+    def __init__(self, think: bool, opened: bool, known: list[str]) -> None:
+        self.thinking = reasoning.ReasoningStream(opened) if think else None
+        self.calls = tools.ToolStream(known) if known else None
 
     def feed(self, text: str) -> tuple[str, str]:
-        """(thinking, content) of `text`, holding back what may be half a marker."""
-        text = self.held + text
-        self.held = ""
-        thinking: list[str] = []
-        content: list[str] = []
-        while text:
-            marker = THINK_CLOSE if self.inside else THINK_OPEN
-            at = text.find(marker)
-            if at >= 0:
-                (thinking if self.inside else content).append(text[:at])
-                text = text[at + len(marker) :]
-                self.inside = not self.inside
-                continue
-            keep = _partial(text, marker)
-            (thinking if self.inside else content).append(text[: len(text) - keep])
-            self.held = text[len(text) - keep :]
-            break
-        return "".join(thinking), "".join(content)
+        """(thinking, content) that may be sent now."""
+        return self._sort(self.thinking.feed(text) if self.thinking else [("content", text)])
 
-    def flush(self) -> tuple[str, str]:
-        held, self.held = self.held, ""
-        return (held, "") if self.inside else ("", held)
+    def finish(self) -> tuple[str, str, list[dict[str, Any]]]:
+        """The (thinking, content) held back, and the tool calls found, in Ollama's shape."""
+        thought, content = self._sort(self.thinking.finish() if self.thinking else [])
+        if self.calls is None:
+            return thought, content, []
+        held = self.calls.held
+        rest, found = self.calls.finish()
+        calls = ollama_calls(found)
+        if found and calls is None:  # arguments that are not an object: not a call Ollama has
+            return thought, content + held, []
+        return thought, content + rest, calls or []
+
+    def _sort(self, pieces: list[tuple[str, str]]) -> tuple[str, str]:
+        thought, content = [], []
+        for kind, text in pieces:
+            if kind == "reasoning":
+                thought.append(text)
+            else:
+                content.append(self.calls.feed(text) if self.calls else text)
+        return "".join(thought), "".join(content)
 
 
-def _partial(text: str, marker: str) -> int:
-    """How many characters at the end of `text` begin `marker`."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
+def whole(text: str, think: bool, opened: bool, known: list[str]) -> tuple[str, str, list[Any]]:
+    """(thinking, content, tool calls) of a finished chat reply, read as choices.whole does."""
+    thought = ""
+    if think:
+        thought, text = reasoning.split((reasoning.OPEN if opened else "") + text)
+    if not known:
+        return thought, text, []
+    content, found = tools.parse(text, known)
+    calls = ollama_calls(found)
+    if not found or calls is None:
+        return thought, text, []
+    return thought, content, calls
+
+
+def ollama_calls(found: list[tools.ToolCall]) -> Optional[list[dict[str, Any]]]:
+    """Calls as Ollama sends them, arguments an object; None if one's arguments are not."""
+    out = []
+    for call in found:
+        args = json.loads(call.arguments)
+        if not isinstance(args, dict):
+            return None
+        out.append({"function": {"name": call.name, "arguments": args}})
+    return out
 
 
 @dataclass
@@ -82,31 +100,39 @@ class Reply:
     started: float  # perf_counter when the request arrived
     headers: dict[str, str]
     context: Optional[Any] = None  # engine.Model, for /api/generate's `context` tokens
+    tools: list[str] = field(default_factory=list)  # tool names to look for; none: no calls
+    opened: bool = False  # the prompt itself opened <think>
 
-    def fields(self, content: str, thinking: str) -> dict[str, Any]:
+    def fields(
+        self, content: str, thinking: str, calls: Optional[list[Any]] = None
+    ) -> dict[str, Any]:
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if self.think:
                 message["thinking"] = thinking
+            if calls:
+                message["tool_calls"] = calls
             return {"message": message}
         out: dict[str, Any] = {"response": content}
         if self.think:
             out["thinking"] = thinking
         return out
 
-    def line(self, content: str, thinking: str, done: bool) -> dict[str, Any]:
+    def line(
+        self, content: str, thinking: str, done: bool, calls: Optional[list[Any]] = None
+    ) -> dict[str, Any]:
         return {
             "model": self.model_id,
             "created_at": now_iso(),
-            **self.fields(content, thinking),
+            **self.fields(content, thinking, calls),
             "done": done,
         }
 
-    def final(self, job: Job, done: dict[str, Any], text: str) -> dict[str, Any]:
+    def final(self, job: Job, done: dict[str, Any], text: str, called: bool) -> dict[str, Any]:
         end = time.perf_counter()
         first = job.first_text or end
         out: dict[str, Any] = {
-            "done_reason": done["finish_reason"],
+            "done_reason": "stop" if called else done["finish_reason"],
             "total_duration": ns(end - self.started),
             "load_duration": ns(job.arrived - self.started),  # templating and tokenizing
             "prompt_eval_count": len(job.prompt),
@@ -120,16 +146,18 @@ class Reply:
 
 
 async def answer(service: Service, reply: Reply, job: Job, request: Request, stream: bool) -> Any:
-    """Run `job`: the whole reply once it is done, or a stream of lines as they come."""
-    split = ThinkSplit() if reply.think else None
+    """Run `job`: the whole reply once it is done, or a stream of lines as they come.
+
+    Streamed, the prose goes out as it comes and tool calls in one line once the reply is
+    done, as Ollama sends them."""
     if not stream:
         text, done = await replies.collect(service, job, request)
-        thinking, content = ("", text)
-        if split is not None:
-            thinking, content = _join(split.feed(text), split.flush())
-        body = {**reply.line(content, thinking, True), **reply.final(job, done, text)}
+        thinking, content, calls = whole(text, reply.think, reply.opened, reply.tools)
+        last = reply.line(content, thinking, True, calls)
+        body = {**last, **reply.final(job, done, text, bool(calls))}
         return JSONResponse(body, headers=reply.headers)
     events = replies.start(service, [job])  # before the response: a busy server answers 503
+    reader = Reader(reply.think, reply.opened, reply.tools)
 
     async def produce() -> AsyncIterator[bytes]:
         said: list[str] = []
@@ -138,16 +166,19 @@ async def answer(service: Service, reply: Reply, job: Job, request: Request, str
                 _, kind, value = await replies._next(events, [job], request)
                 if kind == "text":
                     said.append(value)
-                    thinking, content = split.feed(value) if split else ("", value)
+                    thinking, content = reader.feed(value)
                     if thinking or content:
                         yield _ndjson(reply.line(content, thinking, False))
                 elif kind == "error":
                     yield _ndjson({"error": str(value)})
                     break
                 elif kind == "done":
-                    thinking, content = split.flush() if split else ("", "")
+                    thinking, content, calls = reader.finish()
+                    if calls:
+                        yield _ndjson(reply.line(content, thinking, False, calls))
+                        thinking, content = "", ""
                     last = reply.line(content, thinking, True)
-                    yield _ndjson({**last, **reply.final(job, value, "".join(said))})
+                    yield _ndjson({**last, **reply.final(job, value, "".join(said), bool(calls))})
                     break
         finally:
             job.cancel()  # a client that went away stops its own generation
@@ -167,10 +198,6 @@ def loaded(model_id: str, chat: bool) -> dict[str, Any]:
         "done": True,
         "done_reason": "load",
     }
-
-
-def _join(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
-    return a[0] + b[0], a[1] + b[1]
 
 
 def _ndjson(obj: dict[str, Any]) -> bytes:
