@@ -57,7 +57,7 @@ def test_list_show_ps_and_version(client: ollama.Client, server: Server) -> None
     assert shown.modelinfo["general.architecture"] == "llama"
     assert shown.modelinfo["llama.context_length"] == 8192
     assert shown.modelinfo["general.parameter_count"] == 134515008
-    assert shown.capabilities == ["completion", "embedding"]
+    assert shown.capabilities == ["completion", "embedding", "tools"]
     assert "{% for message in messages %}" in (shown.template or "")
     assert "num_ctx        2048" in (shown.parameters or "")
 

@@ -60,7 +60,7 @@ def details(model: Any) -> dict[str, Any]:
 
 
 def capabilities(model: Any) -> list[str]:
-    found = ["completion", "embedding"]
+    found = ["completion", "embedding", "tools"]  # tools: any template, described if need be
     if facts.fim(model) is not None:
         found.append("insert")
     if facts.has_token(model, "<think>"):
