@@ -43,7 +43,7 @@ class Server:
         while "serving" not in self.banner:
             line = self.proc.stderr.readline() if self.proc.stderr else ""
             if not line and self.proc.poll() is not None:
-                raise AssertionError(f"the server stopped: {self.proc.returncode}")
+                raise AssertionError(f"the server stopped: {self.proc.returncode}: {self.banner}")
             self.banner += line
             assert time.monotonic() < deadline, self.banner
 
