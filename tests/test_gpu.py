@@ -344,3 +344,44 @@ def test_rpc_workers_and_the_local_gpu_share_the_model(tiny_pyz: Path, tmp_path:
         assert_clean_error(with_split, 1, "the split has 1 weights for 2 devices")
     finally:
         worker.stop()
+
+
+CUDA = gpu_build_dir() / "cuda"
+
+
+@pytest.mark.skipif(
+    not (CUDA / "libggml-cuda.so").is_file(),
+    reason=f"the CUDA backend is not built here ({CUDA}: scripts/build-cuda.sh ARCHS)",
+)
+def test_cuda_without_a_driver_falls_back(
+    tmp_path_factory: pytest.TempPathFactory, session_cache: Path, tiny_gguf: Path
+) -> None:
+    """A file with CUDA inside, on a machine without an NVIDIA driver: the backend itself
+    loads (ggml reports no device, nothing aborts), and the run goes on without it."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from runtime.engine import devices\n"
+        "import ctypes\n"
+        f"for lib in {['libcudart.so.13', 'libcublasLt.so.13', 'libcublas.so.13']!r}:\n"
+        f"    ctypes.CDLL(str(Path({str(CUDA)!r}) / lib), mode=ctypes.RTLD_GLOBAL)\n"
+        f"reg = devices.load_backend(Path({str(CUDA)!r}) / 'libggml-cuda.so')\n"
+        "print(len(devices.of_backend(reg)) if reg else 'not loaded')\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split()[-1] in ("0", "not loaded"), loaded.stdout
+    pyz = build_session_pyz(tmp_path_factory, session_cache, str(tiny_gguf), "--gpu", "cuda")
+    assert "gpu backends:   Vulkan, CUDA" in pack("inspect", str(pyz)).stdout
+    on_vulkan = run_pyz(pyz, *PROMPT)  # lavapipe is visible: the run falls back to Vulkan
+    assert on_vulkan.returncode == 0, on_vulkan.stderr
+    assert lines(on_vulkan)[-1].startswith("offloaded 3/3 layers to Vulkan0"), on_vulkan.stderr
+    no_icd = dict(os.environ, VK_ICD_FILENAMES="/nonexistent.json")
+    on_cpu = run_pyz(pyz, *PROMPT, env=no_icd)  # and with no Vulkan device either, to the CPU
+    assert on_cpu.returncode == 0, on_cpu.stderr
+    assert lines(on_cpu) == [
+        "no GPU found (Vulkan: no device; CUDA: no NVIDIA driver (libcuda.so.1)): running on the CPU"
+    ], on_cpu.stderr
+    asked = run_pyz(pyz, *PROMPT, "--gpu", "cuda")
+    assert_clean_error(asked, 1, "Error: --gpu cuda: no usable CUDA device (no NVIDIA driver")
