@@ -375,7 +375,12 @@ def test_fill_in_the_middle(fim_server: Server) -> None:
     def generate(**body: Any) -> dict[str, Any]:
         r = httpx.post(
             fim_server.url + "/api/generate",
-            json={"model": "x", "stream": False, "options": {"num_predict": 3}, **body},
+            json={
+                "model": "x",
+                "stream": False,
+                "options": {"num_predict": 3, "temperature": 0},
+                **body,
+            },
             timeout=120,
         )
         assert r.status_code == 200, r.text
