@@ -216,6 +216,18 @@ def test_empty_prompt_loads(server: Server) -> None:
     assert chat["done_reason"] == "load" and chat["message"]["content"] == ""
 
 
+def test_a_body_sent_as_curl_sends_it_is_json(server: Server) -> None:
+    """`curl URL -d '{…}'`, as Ollama's own examples do, says it is a form: Ollama reads JSON."""
+    body = json.dumps(
+        {"model": "x", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    )
+    for content_type in ("application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = httpx.post(server.url + "/api/generate", content=body, headers=headers, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["done"] and r.json()["eval_count"] == 2
+
+
 def test_embed_and_embeddings(client: ollama.Client) -> None:
     out = client.embed(model="x", input=["a cat", "a dog"])
     assert len(out.embeddings) == 2 and len(out.embeddings[0]) == 576

@@ -96,6 +96,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(responses.router(state, authorize))
     app.include_router(utility_routes.router(state, authorize))
     app.include_router(ollama_api.router(state, authorize))
+    app.add_middleware(ollama_api.JsonBodies)
     app.add_middleware(cors.CORS, origins=state.cors_origins)
     return app
 
