@@ -35,15 +35,7 @@ fi
 mkdir -p "$CACHE/src" "$OUT"
 
 # 1. The engine's source (shared with build-vulkan.sh).
-SRC="$CACHE/src/llama_cpp_python-$VERSION"
-if [ ! -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ]; then
-  tmp=$(mktemp -d "$CACHE/src/.dl.XXXXXX")
-  "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$VERSION" >&2
-  tar -xzf "$tmp"/llama_cpp_python-"$VERSION".tar.gz -C "$tmp"
-  rm -rf "$SRC"
-  mv "$tmp/llama_cpp_python-$VERSION" "$SRC"
-  rm -rf "$tmp"
-fi
+SRC=$(PYTHON="$PYTHON" "$(dirname "$0")/engine-source.sh")
 
 # 2. cuBLAS and the CUDA runtime from PyPI (CUDA 13), unpacked once into the cache.
 WHEELS="$CACHE/src/nvidia-cuda-$RELEASE"

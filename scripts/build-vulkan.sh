@@ -22,15 +22,7 @@ fi
 mkdir -p "$CACHE/src" "$HOME_DIR"
 
 # 1. The engine's source: llama-cpp-python's sdist, downloaded once.
-SRC="$CACHE/src/llama_cpp_python-$VERSION"
-if [ ! -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ]; then
-  tmp=$(mktemp -d "$CACHE/src/.dl.XXXXXX")
-  "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$VERSION" >&2
-  tar -xzf "$tmp"/llama_cpp_python-"$VERSION".tar.gz -C "$tmp"
-  rm -rf "$SRC"
-  mv "$tmp/llama_cpp_python-$VERSION" "$SRC"
-  rm -rf "$tmp"
-fi
+SRC=$(PYTHON="$PYTHON" "$(dirname "$0")/engine-source.sh")
 
 # 2. Vulkan headers new enough for ggml-vulkan.cpp (vk::LayerSettingEXT, 1.3.261+).
 INCLUDE=/usr/include
