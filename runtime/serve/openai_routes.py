@@ -45,9 +45,8 @@ def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
         }
         return {"object": "list", "data": [entry]}
 
-    @api.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        reading, jobs = chat_jobs(state, body)
+    async def answer(body: Any, reading: Any, jobs: Any, request: Request) -> Any:
+        """The reply to a chat or completion request, whole or streamed."""
         return await replies.answer(
             state.service,
             state.model_id,
@@ -58,6 +57,11 @@ def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             observe=state.metrics.observe if state.metrics else None,
         )
+
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        reading, jobs = chat_jobs(state, body)
+        return await answer(body, reading, jobs, request)
 
     @api.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
@@ -77,16 +81,7 @@ def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
             )
         reading = choices.Reading(chat=False, model=state.model, logprobs=body.logprobs)
         jobs = make_jobs(state, body, prompts[0], body.max_tokens or 16, (), reading)
-        return await replies.answer(
-            state.service,
-            state.model_id,
-            reading,
-            jobs,
-            request,
-            body.stream,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-            observe=state.metrics.observe if state.metrics else None,
-        )
+        return await answer(body, reading, jobs, request)
 
     @api.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
