@@ -322,7 +322,8 @@ def gpu_info(opts: Options, choice: Any) -> None:
     verdicts = gpu_selftest.verdicts(choice.path) if carried else {}
     for backend, tested in verdicts.items():
         for name, why in tested.items():
-            click.echo(f"  {backend} {name}: {'passed the self-test' if why == 'ok' else why}")
+            device = "" if name == "*" else f" {name}"  # "*": the backend as a whole
+            click.echo(f"  {backend}{device}: {'passed the self-test' if why == 'ok' else why}")
     try:
         source = resolve.resolve(opts.model, archive())
     except resolve.WeightsError:

@@ -101,6 +101,11 @@ def load(backend: str, path: Path, keep_on_disk: bool) -> list[Device]:
 _notes: dict[str, str] = {}  # backend -> the last line it wrote while loading
 
 
+def load_note(backend: str) -> str:
+    """The last line `backend` wrote while loading (ggml's reason for no device), or ""."""
+    return _notes.get(backend, "")
+
+
 def parse_ngl(value: str) -> Optional[int]:
     """`-ngl`: a number of layers (negative: all), or auto (None)."""
     if value.strip().lower() == "auto":
@@ -129,8 +134,11 @@ def discover(want: str, verdicts: dict[str, dict[str, str]]) -> tuple[list[Devic
             why[backend] = missing
             continue
         tested = verdicts.get(backend, {})
-        if "*" in tested:
+        if "*" in tested:  # no device, or the backend itself refused
             why[backend] = tested["*"]
+            continue
+        if tested and "ok" not in tested.values():  # every device refused: no need to list them
+            why[backend] = "; ".join(f"{name} {verdict}" for name, verdict in tested.items())
             continue
         listed = load(backend, have[backend], keep_on_disk=False)
         good = [d for d in listed if tested.get(d.name) == "ok"]
@@ -138,7 +146,7 @@ def discover(want: str, verdicts: dict[str, dict[str, str]]) -> tuple[list[Devic
             f"{d.name} {tested.get(d.name, 'not self-tested')}" for d in listed if d not in good
         ]
         if not good:
-            note = _notes.get(backend)
+            note = load_note(backend)
             why[backend] = (
                 "; ".join(refused) if refused else "no device" + (f": {note}" if note else "")
             )

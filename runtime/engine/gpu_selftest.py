@@ -2,7 +2,8 @@
 distributions on the device against the CPU's, within a tolerance (backends differ on
 near-ties, so never by text). A backend that crashes, hangs or computes wrong numbers is
 refused with its reason; the verdicts are remembered in the cache, keyed by the backend
-library, the driver and the environment that decides which devices show.
+library, the driver and the environment that decides which devices show. A backend with no
+device at all is remembered too, so that a start on a machine without a GPU never loads it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from runtime.engine.gpu_selftest import child_main; child_main(sys.argv[2:])"
 )
-FORMAT = 1
+FORMAT = 2
 
 
 def _log_softmax(row: list[float]) -> list[float]:
@@ -63,6 +64,11 @@ def _driver_fingerprint(backend: str, library: Path) -> str:
     for path in [*icds, "/proc/driver/nvidia/version"]:
         with contextlib.suppress(OSError):
             h.update(path.encode() + Path(path).read_bytes())
+    # A GPU plugged in or out (an eGPU, a driver loaded) shows here: tested again.
+    for folder in ("/sys/class/drm", "/dev"):
+        with contextlib.suppress(OSError):
+            names = sorted(n for n in os.listdir(folder) if n.startswith(("card", "nvidia")))
+            h.update(" ".join(names).encode())
     return h.hexdigest()[:16]
 
 
@@ -164,6 +170,10 @@ def child_main(args: list[str]) -> None:
         found = gpu.load(backend, gpu.carried()[backend], keep_on_disk=False)
     except gpu.GpuError as exc:
         print(f"verdict * refused: {exc}\ndone", flush=True)
+        os._exit(0)
+    if not found:  # remembered, so that a start without a device never loads the backend
+        note = gpu.load_note(backend)
+        print(f"verdict * no device{f': {note}' if note else ''}\ndone", flush=True)
         os._exit(0)
     source = ModelSource(model, 0, model.stat().st_size, str(model))
 
