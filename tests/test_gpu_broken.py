@@ -5,12 +5,14 @@ is remembered, and a start after it never loads the backend again."""
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from runtime.engine.gpu import GPU_NODES, NO_GPU_NODE
 from tests.conftest import ROOT, assert_clean_error, pack, run_pyz
 
 pytestmark = pytest.mark.slow
@@ -56,6 +58,7 @@ def _env(tmp_path: Path, mode: str) -> dict[str, str]:
         LLAMAPYZ_CACHE=str(tmp_path / "cache"),
         BROKEN_GPU=mode,
         BROKEN_GPU_LOG=str(tmp_path / "loads"),
+        GGML_VK_VISIBLE_DEVICES="0",  # tried even on a machine with no GPU in /dev
     )
 
 
@@ -103,6 +106,19 @@ def test_a_start_without_a_device_never_loads_the_backend(broken_pyz: Path, tmp_
     assert _loads(tmp_path) == 2
 
 
+@pytest.mark.skipif(
+    any(glob.glob(pattern) for pattern in GPU_NODES), reason="this machine has a GPU in /dev"
+)
+def test_no_gpu_in_dev_loads_no_backend(broken_pyz: Path, tmp_path: Path) -> None:
+    """With no GPU device node, Vulkan can only have CPU devices, which ggml hides: nothing
+    is loaded, not even on a first start (GGML_VK_VISIBLE_DEVICES unset)."""
+    env = _env(tmp_path, "wrong")
+    del env["GGML_VK_VISIBLE_DEVICES"]
+    result = run_pyz(broken_pyz, *PROMPT, env=env)
+    assert result.returncode == 0 and _lines(result) == [_no_gpu(NO_GPU_NODE)], result.stderr
+    assert _loads(tmp_path) == 0
+
+
 def test_a_backend_that_dies_while_loading_is_skipped(
     tmp_path: Path, tiny_gguf: Path, session_cache: Path
 ) -> None:
@@ -114,7 +130,7 @@ def test_a_backend_that_dies_while_loading_is_skipped(
     env = dict(os.environ, LLAMAPYZ_GPU_DIR=str(folder))
     built = pack("build", str(tiny_gguf), "-o", str(tmp_path / "crash.pyz"), env=env)
     assert built.returncode == 0, built.stderr
-    cache = dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache"))
+    cache = dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache"), GGML_VK_VISIBLE_DEVICES="0")
     first = run_pyz(tmp_path / "crash.pyz", *PROMPT, env=cache)
     assert first.returncode == 0, first.stderr
     line = _no_gpu("refused: loading the backend died with SIGILL")
@@ -123,3 +139,26 @@ def test_a_backend_that_dies_while_loading_is_skipped(
     assert line in _lines(again) and again.stdout == first.stdout
     info = run_pyz(tmp_path / "crash.pyz", "--system-info", env=cache)
     assert "  Vulkan: refused: loading the backend died with SIGILL" in info.stdout
+
+
+def test_the_server_refuses_the_device_too(
+    broken_pyz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server loads its model on a thread, so its self-test runs in a new Python (a fork
+    is only taken while the process has one thread)."""
+    from tests.test_server import Server
+
+    env = _env(tmp_path, "wrong")
+    for key in ("LLAMAPYZ_CACHE", "BROKEN_GPU", "BROKEN_GPU_LOG", "GGML_VK_VISIBLE_DEVICES"):
+        monkeypatch.setenv(key, env[key])
+    srv = Server(broken_pyz, "-c", "256")
+    try:
+        said = srv.banner
+        while "running on the CPU" not in said:
+            line = srv.proc.stderr.readline() if srv.proc.stderr else ""
+            assert line, said
+            said += line
+    finally:
+        srv.stop()
+    assert "no GPU found (Vulkan: Vulkan0 refused: its results differ from the CPU's" in said
+    assert _loads(tmp_path) == 1

@@ -59,7 +59,7 @@ def test_stderr_is_quiet_and_verbose_shows_llama_log(tiny_pyz: Path) -> None:
     assert quiet.returncode == 0
     assert (
         quiet.stderr
-        == "no GPU found (Vulkan: no device; CUDA: not in this file): running on the CPU\n"
+        == "no GPU found (Vulkan: no device (no GPU in /dev); CUDA: not in this file): running on the CPU\n"
     )
     loud = run_pyz(tiny_pyz, "-p", TINY_PROMPT, "-n", "4", "--temp", "0", "--verbose")
     assert "llama_model_loader" in loud.stderr

@@ -31,6 +31,7 @@ _log_lines: deque[str] = deque(maxlen=200)
 _log_verbose = False
 _log_callback: Any = None  # keeps the ctypes callback alive for as long as llama.cpp holds it
 _abort_callback: Any = None
+_started = False
 
 
 def bindings() -> Any:
@@ -225,6 +226,13 @@ def start_backend(variant_path: Optional[Path]) -> None:
         if not ggml.ggml_backend_load(str(variant_path).encode()):
             raise EngineError(f"cannot load the CPU backend {variant_path.name}")
     C.llama_backend_init()
+    global _started
+    _started = True
+
+
+def backend_started() -> bool:
+    """Whether start_backend has run in this process (a fork of it inherits the backend)."""
+    return _started
 
 
 def ggml_library() -> Path:

@@ -82,6 +82,11 @@ def ggml() -> _Ggml:
     return _ggml
 
 
+def loaded() -> bool:
+    """Whether this process has loaded a backend library through here."""
+    return bool(_loaded)
+
+
 def load_backend(path: Path) -> Optional[int]:
     """Register the backend library at `path` (once); None when ggml could not load it."""
     key = str(path)

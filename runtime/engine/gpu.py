@@ -63,9 +63,21 @@ def carried() -> dict[str, Path]:
     return found
 
 
+# Where a GPU shows itself to Vulkan on Linux: a DRM node (Mesa, AMD, Intel, NVIDIA's open
+# modules), NVIDIA's own nodes, WSL's GPU. CPU drivers (lavapipe) need none, and ggml hides
+# their devices unless GGML_VK_VISIBLE_DEVICES names them.
+GPU_NODES = ("/dev/dri/renderD*", "/dev/dri/card*", "/dev/nvidia[0-9]*", "/dev/dxg")
+NO_GPU_NODE = "no device (no GPU in /dev)"
+
+
 def _loader_missing(backend: str) -> Optional[str]:
     """Why `backend` cannot have a device here without trying it (a missing loader or
-    driver), or None."""
+    driver, no GPU in /dev at all), or None."""
+    if backend == "Vulkan" and not os.environ.get("GGML_VK_VISIBLE_DEVICES"):
+        import glob
+
+        if not any(glob.glob(pattern) for pattern in GPU_NODES):
+            return NO_GPU_NODE
     try:
         ctypes.CDLL(LOADERS[backend])
     except OSError:

@@ -9,6 +9,7 @@ device at all is remembered too, so that a start on a machine without a GPU neve
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import glob
 import hashlib
 import json
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from runtime.engine import devices
 from runtime.file.boot import cache_dir
 from runtime.file.jsonfile import write_atomic
 
@@ -110,21 +112,13 @@ def _run_child(backend: str, cpu_variant: Optional[Path]) -> dict[str, str]:
     model = cache_dir() / "selftest-v1.gguf"
     if not model.exists():
         selftest_model.write(model)
-    from runtime.file.boot import archive
-
-    args = [_site_dir(), backend, str(cpu_variant or ""), str(model), str(archive() or "")]
-    try:
-        out = subprocess.run(
-            [sys.executable, "-s", "-c", CODE, *args],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-        text, code = out.stdout, out.returncode
-    except subprocess.TimeoutExpired as exc:
-        text, code = (exc.stdout or b"").decode("utf-8", "replace"), None
+    if hasattr(os, "fork") and _forkable():
+        text, code = _forked(backend, model)
+    else:
+        text, code = _spawned(backend, cpu_variant, model)
     result: dict[str, str] = {}
     testing = None
+    said = []  # what the child wrote besides its answers: the last line is its reason
     for line in text.splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "testing":
@@ -133,6 +127,8 @@ def _run_child(backend: str, cpu_variant: Optional[Path]) -> dict[str, str]:
             name, _, why = rest.partition(" ")
             result[name] = why
             testing = None
+        elif line.strip() and line != "done":
+            said.append(line.strip())
     if code == 0 and "done" in text.splitlines():
         return result
     if code is None:
@@ -143,7 +139,7 @@ def _run_child(backend: str, cpu_variant: Optional[Path]) -> dict[str, str]:
         except ValueError:
             how = f"died with signal {-code}"
     else:
-        how = (out.stderr.strip().splitlines() or [f"exited with code {code}"])[-1]
+        how = said[-1] if said else f"exited with code {code}"
     if testing:
         result[testing] = f"refused: its self-test {how}"
     else:
@@ -151,11 +147,62 @@ def _run_child(backend: str, cpu_variant: Optional[Path]) -> dict[str, str]:
     return result
 
 
+def _forkable() -> bool:
+    """A fork can test: the CPU backend is started here, no GPU backend loaded, one thread
+    (a first start's usual case: no new Python to start, nothing to import again)."""
+    from runtime.engine.backend import backend_started
+    from runtime.engine.cpu import _single_threaded
+
+    return backend_started() and not devices.loaded() and _single_threaded()
+
+
+def _forked(backend: str, model: Path) -> tuple[str, Optional[int]]:
+    """(what the child wrote, its exit code: negative for a signal, None for no answer)."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            faulthandler.disable()  # a crash here is the answer, not a bug to report
+            signal.alarm(TIMEOUT)
+            _test_devices(backend, model)
+        except BaseException as exc:  # anything at all: the parent reads it as the reason
+            os.write(2, f"\n{type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(3)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        text = fh.read().decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        return text, None if signum == signal.SIGALRM else -signum
+    return text, os.WEXITSTATUS(status)
+
+
+def _spawned(backend: str, cpu_variant: Optional[Path], model: Path) -> tuple[str, Optional[int]]:
+    from runtime.file.boot import archive
+
+    args = [_site_dir(), backend, str(cpu_variant or ""), str(model), str(archive() or "")]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-s", "-c", CODE, *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        return out.stdout + out.stderr, out.returncode
+    except subprocess.TimeoutExpired as exc:
+        return (exc.stdout or b"").decode("utf-8", "replace"), None
+
+
 def child_main(args: list[str]) -> None:
-    """The child: load the CPU variant and the backend, test each of its GPU devices."""
-    from runtime.engine import gpu, offload
+    """A new Python's child: load the CPU variant, then test the backend's devices."""
     from runtime.engine import model as engine
-    from runtime.sources.source import ModelSource
 
     backend, variant, model, pyz = args[0], args[1], Path(args[2]), args[3]
     if pyz:  # the packed libraries are read from the .pyz, as in the parent
@@ -166,6 +213,17 @@ def child_main(args: list[str]) -> None:
         sys.modules["_llamapyz_boot"] = boot
     engine.set_verbose(False)
     engine.start_backend(Path(variant) if variant else None)
+    _test_devices(backend, model)
+
+
+def _test_devices(backend: str, model: Path) -> None:
+    """In the child: load the backend, test each of its GPU devices, say so on stdout
+    (`testing NAME`, `verdict NAME ok|refused: why`, `done`), and exit."""
+    from runtime.engine import gpu, offload
+    from runtime.engine import model as engine
+    from runtime.sources.source import ModelSource
+
+    engine.set_verbose(False)
     try:
         found = gpu.load(backend, gpu.carried()[backend], keep_on_disk=False)
     except gpu.GpuError as exc:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    from runtime.engine.model import Sampling
+
+
+def sampling_asked(defaults: Sampling, **given: Any) -> Sampling:
+    """The server's sampling with each value a request gave (None: it gave none)."""
+    return replace(defaults, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass

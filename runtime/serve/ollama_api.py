@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Request
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from runtime.chat import reasoning, templates, tools
 from runtime.engine import facts, grammar
 from runtime.serve import ollama_facts, ollama_replies, replies
-from runtime.serve.jobs import Job
+from runtime.serve.jobs import Job, sampling_asked
 from runtime.serve.ollama_models import (
     LOAD_OPTIONS,
     UNSUPPORTED_OPTIONS,
@@ -266,17 +265,16 @@ def _job(
     if window < loaded:  # the request's own, smaller context: stop where it is full
         room = window - len(tokens)
         limit = room if limit < 0 else min(limit, room)
-    d = state.defaults
-    sampling = replace(
-        d,
-        temp=d.temp if o.temperature is None else o.temperature,
-        top_k=d.top_k if o.top_k is None else o.top_k,
-        top_p=d.top_p if o.top_p is None else o.top_p,
-        min_p=d.min_p if o.min_p is None else o.min_p,
-        typical_p=d.typical_p if o.typical_p is None else o.typical_p,
-        repeat_penalty=d.repeat_penalty if o.repeat_penalty is None else o.repeat_penalty,
-        seed=d.seed if o.seed is None or o.seed < 0 else o.seed & 0xFFFFFFFF,
-        grammar=_format_grammar(body.format) or d.grammar,
+    sampling = sampling_asked(
+        state.defaults,
+        temp=o.temperature,
+        top_k=o.top_k,
+        top_p=o.top_p,
+        min_p=o.min_p,
+        typical_p=o.typical_p,
+        repeat_penalty=o.repeat_penalty,
+        seed=None if o.seed is None or o.seed < 0 else o.seed & 0xFFFFFFFF,
+        grammar=_format_grammar(body.format),
     )
     extra = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop or ())
     if any(not s for s in extra):

@@ -17,7 +17,7 @@ from runtime.chat import templates, tools
 from runtime.engine import grammar
 from runtime.engine.logprobs import MAX_TOP
 from runtime.serve import choices, replies
-from runtime.serve.jobs import Job
+from runtime.serve.jobs import Job, sampling_asked
 from runtime.serve.openai_models import (
     MAX_STOPS,
     APIError,
@@ -252,7 +252,6 @@ def make_jobs(
         raise APIError(
             400, f"stop: give up to {MAX_STOPS} non-empty strings", "invalid_value", "stop"
         )
-    d = state.defaults
     gbnf = forced
     if body.response_format is not None and body.response_format.type != "text":
         try:
@@ -261,18 +260,18 @@ def make_jobs(
             )
         except grammar.GrammarError as exc:
             raise APIError(400, str(exc), "invalid_value", "response_format") from None
-    sampling = replace(
-        d,
-        temp=d.temp if body.temperature is None else body.temperature,
-        top_p=d.top_p if body.top_p is None else body.top_p,
-        top_k=d.top_k if body.top_k is None else body.top_k,
-        min_p=d.min_p if body.min_p is None else body.min_p,
-        repeat_penalty=d.repeat_penalty if body.repeat_penalty is None else body.repeat_penalty,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
+    sampling = sampling_asked(
+        state.defaults,
+        temp=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repeat_penalty=body.repeat_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
         logit_bias=_biases(state, body.logit_bias),
-        seed=d.seed if body.seed is None else body.seed & 0xFFFFFFFF,
-        grammar=gbnf or d.grammar,
+        seed=None if body.seed is None else body.seed & 0xFFFFFFFF,
+        grammar=gbnf,
     )
     top = reading.logprobs
     if top is not None and top > MAX_TOP:
