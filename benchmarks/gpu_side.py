@@ -42,8 +42,9 @@ class GpuSide:
         return ("-ngl", str(self.layers), "-dev", self.device)
 
     def server_flags(self) -> list[str]:
-        """llama-server's."""
-        return ["-ngl", str(self.layers), "--device", self.device]
+        """llama-server's. It says where its layers went only at log verbosity 4 (about 30
+        lines a request, none a token)."""
+        return ["-ngl", str(self.layers), "--device", self.device, "-lv", "4"]
 
     def key(self, key: str) -> str:
         return f"gpu_{self.backend}_{key}"

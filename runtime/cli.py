@@ -161,6 +161,15 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
     show_default=True,
     help="Spread the model over several GPUs by layer, by row, or not at all.",
 )
+@click.option(
+    "-fa",
+    "--flash-attn",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Flash attention: auto is llama.cpp's choice, but off with layers on a Vulkan device "
+    "(llama.cpp's Vulkan flash attention can crash with several requests at once).",
+)
 @click.option("--rpc", "rpc_workers", help="Split the model over RPC workers: HOST:PORT,HOST:PORT.")
 @click.option(
     "--tensor-split",

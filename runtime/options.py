@@ -29,6 +29,7 @@ class Options:
     gpu_device: Optional[str]
     main_gpu: Optional[int]
     split_mode: str
+    flash_attn: str
     rpc_workers: Optional[str]
     tensor_split: Optional[str]
     rpc_local: bool

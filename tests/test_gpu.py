@@ -245,10 +245,10 @@ def test_a_file_built_without_gpu(
     )
 
 
-def _complete(url: str, prompt: str) -> str:
+def _complete(url: str, prompt: str, tokens: int = 4) -> str:
     with urllib.request.urlopen(url + "/v1/models", timeout=60) as listing:
         model = json.loads(listing.read())["data"][0]["id"]
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0})
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0})
     request = urllib.request.Request(
         url + "/v1/completions", body.encode(), {"Content-Type": "application/json"}
     )
@@ -282,6 +282,26 @@ def test_the_server_batches_two_requests_on_the_gpu(smollm2_pyz: Path) -> None:
         assert not errors, errors
         assert answers[0].startswith(" Paris"), answers
         assert "Berlin" in answers[1], answers
+    finally:
+        srv.stop()
+
+
+def test_four_requests_after_a_shared_prefix_on_the_gpu(smollm2_pyz: Path) -> None:
+    """The pattern that crashed ggml-vulkan's flash attention (SIGSEGV in lavapipe's thread,
+    llama-server too, 7 times in 8): one request, then four at once, one of them reusing its
+    prefix. Flash attention is off on Vulkan unless -fa on asks for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_server import Server
+
+    srv = Server(smollm2_pyz, "-ngl", "99", "--parallel", "4")
+    try:
+        assert _complete(srv.url, "Once upon a time", 8)
+        prompts = ["Once upon a time 1"] + [f"Write me a poem {i}" for i in (2, 3, 4)]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda p: _complete(srv.url, p, 8), prompts))
+        assert all(answers), answers
+        assert srv.proc.poll() is None
     finally:
         srv.stop()
 

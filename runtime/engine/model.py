@@ -73,6 +73,7 @@ class Model:
         use_mlock: bool = False,
         n_seq_max: int = 1,
         offload: Any = None,
+        flash_attn: str = "auto",
     ) -> None:
         C = bindings()
         self._C = C
@@ -124,9 +125,13 @@ class Model:
         cparams.n_ubatch = min(n_batch, n_ctx)
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
-        # llama.cpp's own default (on for the CPU): faster prompts, and with several requests
-        # sharing the memory it skips the cells another request holds.
-        cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # auto is llama.cpp's own default (on for the CPU): faster prompts, and with several
+        # requests sharing the memory it skips the cells another request holds.
+        cparams.flash_attn_type = {
+            "auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": C.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash_attn]
         if n_seq_max > 1:  # several requests share one memory, each may use all of it
             cparams.n_seq_max = n_seq_max
             cparams.kv_unified = True
