@@ -74,6 +74,7 @@ def _gpu_offload(spec: str, cpu_path: object, source: object, result: dict[str, 
     if not plan.devices:
         raise SystemExit(f"--gpu {backend} --device {device}: {plan.line}")
     result.update(gpu=spec, gpu_line=gpu.offloaded_line(plan), gpu_layers=plan.layers)
+    result["flash_attn"] = gpu.flash_attn("auto", plan.devices)  # as a run of the .pyz makes it
     return plan.offload
 
 
@@ -105,6 +106,7 @@ def main(argv: list[str]) -> None:
         n_batch=settings.N_BATCH,
         n_threads=threads,
         offload=offload,
+        flash_attn=str(result.get("flash_attn", "auto")),
     ) as model:
         if mode == "pp":
             a, b = _random_prompts(model.n_vocab, n)

@@ -26,6 +26,12 @@ class GpuSide:
         return BACKEND_NAMES[self.backend]
 
     @property
+    def flash_attn(self) -> str:
+        """What llamapyz's -fa auto makes of this backend (runtime.engine.gpu.flash_attn),
+        given to the peers too."""
+        return "off" if self.backend == "vulkan" else "auto"
+
+    @property
     def spec(self) -> str:
         """engine_speed.py's GPU argument."""
         return f"{self.backend}:{self.device}:{self.layers}"
@@ -39,12 +45,15 @@ class GpuSide:
 
     def bench_flags(self) -> tuple[str, ...]:
         """llama-bench's."""
-        return ("-ngl", str(self.layers), "-dev", self.device)
+        return ("-ngl", str(self.layers), "-dev", self.device, "-fa", self.flash_attn)
 
     def server_flags(self) -> list[str]:
         """llama-server's. It says where its layers went only at log verbosity 4 (about 30
         lines a request, none a token)."""
-        return ["-ngl", str(self.layers), "--device", self.device, "-lv", "4"]
+        return ["-ngl", str(self.layers), "--device", self.device, "-fa", self.flash_attn] + [
+            "-lv",
+            "4",
+        ]
 
     def key(self, key: str) -> str:
         return f"gpu_{self.backend}_{key}"

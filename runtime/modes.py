@@ -238,16 +238,7 @@ def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any
     from runtime.engine import model as engine
 
     plan = None if rpc_offload is not None else gpu_plan(opts, source, choice)
-    flash_attn = opts.flash_attn
-    if (
-        flash_attn == "auto"
-        and plan is not None
-        and any(d.backend == "Vulkan" for d in plan.devices)
-    ):
-        # ggml-vulkan's flash attention crashes (a segfault in the driver's thread, lavapipe
-        # here, llama.cpp #27314 on a Radeon) with several sequences in one memory, as in
-        # llama-server itself; Ollama keeps it off on Vulkan too.
-        flash_attn = "off"
+    flash_attn = gpu.flash_attn(opts.flash_attn, plan.devices if plan else [])
     retried = False
     while True:
         try:

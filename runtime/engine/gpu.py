@@ -284,6 +284,16 @@ def plan(
     return Plan(chosen, placed, units, layers)
 
 
+def flash_attn(asked: str, chosen: list[Device]) -> str:
+    """--flash-attn as the model is made with it: auto is off with layers on a Vulkan device.
+    ggml-vulkan's flash attention crashed (a segfault in the driver's thread: lavapipe here,
+    llama.cpp #27314 on a Radeon) with several sequences in one memory, in llama-server too;
+    Ollama keeps it off on Vulkan as well."""
+    if asked == "auto" and any(d.backend == "Vulkan" for d in chosen):
+        return "off"
+    return asked
+
+
 def offloaded_line(p: Plan, retried: bool = False) -> str:
     """The line said once the model has loaded on the GPU."""
     if not p.devices:
