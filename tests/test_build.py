@@ -183,12 +183,14 @@ def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_interrupted_build_leaves_nothing(big_gguf: Path, tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    # Page cache cold or warm, a 600 MB copy plus its sha256 takes well over the poll interval.
+    # Page cache cold or warm, a 600 MB copy plus its sha256 takes well over the poll interval;
+    # a cache of its own, so that no earlier build's remembered sha256 makes it a bare copy.
     proc = subprocess.Popen(
         [PACK, "build", str(big_gguf), "-o", str(out / "x.pyz")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache")),
     )
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".tmp") and p.stat().st_size > 1_000_000 for p in out.iterdir()):
