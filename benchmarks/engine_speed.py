@@ -74,7 +74,9 @@ def _gpu_offload(spec: str, cpu_path: object, source: object, result: dict[str, 
     if not plan.devices:
         raise SystemExit(f"--gpu {backend} --device {device}: {plan.line}")
     result.update(gpu=spec, gpu_line=gpu.offloaded_line(plan), gpu_layers=plan.layers)
-    result["flash_attn"] = gpu.flash_attn("auto", plan.devices)  # as a run of the .pyz makes it
+    result["flash_attn"] = gpu.flash_attn(
+        "auto", [d.backend for d in plan.devices]
+    )  # as a run of the .pyz makes it
     return plan.offload
 
 

@@ -187,6 +187,7 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]], choice
     )
     from runtime.engine.gpu import parse_ngl
 
+    offload.local_backends = tuple(d.backend for d in here)
     ngl = parse_ngl(opts.n_gpu_layers)
     if ngl and not opts.rpc_local:
         offload.n_gpu_layers = ngl  # llama.cpp's meaning: layers sent away
@@ -238,7 +239,8 @@ def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any
     from runtime.engine import model as engine
 
     plan = None if rpc_offload is not None else gpu_plan(opts, source, choice)
-    flash_attn = gpu.flash_attn(opts.flash_attn, plan.devices if plan else [])
+    backends = [d.backend for d in plan.devices] if plan else rpc_offload.local_backends
+    flash_attn = gpu.flash_attn(opts.flash_attn, backends)
     retried = False
     while True:
         try:

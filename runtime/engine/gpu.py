@@ -9,8 +9,10 @@ a driver that crashes or computes wrong numbers costs a line, never the run.
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -73,11 +75,9 @@ NO_GPU_NODE = "no device (no GPU in /dev)"
 def _loader_missing(backend: str) -> Optional[str]:
     """Why `backend` cannot have a device here without trying it (a missing loader or
     driver, no GPU in /dev at all), or None."""
-    if backend == "Vulkan" and not os.environ.get("GGML_VK_VISIBLE_DEVICES"):
-        import glob
-
-        if not any(glob.glob(pattern) for pattern in GPU_NODES):
-            return NO_GPU_NODE
+    hidden = backend == "Vulkan" and not os.environ.get("GGML_VK_VISIBLE_DEVICES")
+    if hidden and not any(glob.glob(pattern) for pattern in GPU_NODES):
+        return NO_GPU_NODE
     try:
         ctypes.CDLL(LOADERS[backend])
     except OSError:
@@ -284,12 +284,12 @@ def plan(
     return Plan(chosen, placed, units, layers)
 
 
-def flash_attn(asked: str, chosen: list[Device]) -> str:
+def flash_attn(asked: str, backends: Iterable[str]) -> str:
     """--flash-attn as the model is made with it: auto is off with layers on a Vulkan device.
     ggml-vulkan's flash attention crashed (a segfault in the driver's thread: lavapipe here,
     llama.cpp #27314 on a Radeon) with several sequences in one memory, in llama-server too;
     Ollama keeps it off on Vulkan as well."""
-    if asked == "auto" and any(d.backend == "Vulkan" for d in chosen):
+    if asked == "auto" and "Vulkan" in set(backends):
         return "off"
     return asked
 

@@ -130,6 +130,7 @@ class Offload:
     tensor_split: Any
     n_gpu_layers: int
     local_layers: Optional[int] = None  # how many units stay on this machine, when asked
+    local_backends: tuple[str, ...] = ()  # this machine's GPU backends in it, for -fa auto
 
     def apply(self, params: Any) -> None:
         """Set devices, n_gpu_layers, split_mode (by layer) and tensor_split on `params`.
