@@ -9,7 +9,6 @@ one that answers is used, and the choice is remembered in the cache.
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import fcntl
 import hashlib
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from runtime.engine import selftest_model
+from runtime.engine.forked import run_forked, single_threaded
 from runtime.engine.variants import CpuError, available, extracted, load, size
 from runtime.file.boot import cache_dir
 from runtime.file.jsonfile import write_atomic
@@ -105,50 +105,21 @@ def _scores(variants: dict[str, Path]) -> dict[str, int]:
     return {name: score(path) for name, path in variants.items()}
 
 
-def _single_threaded() -> bool:
-    """True when this process has one OS thread (OpenMP's included): then fork is safe."""
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
-
-
 def _probe(path: Path, model: Path) -> tuple[bool, str]:
     """Run the self-test on one variant in a child: a fork of this process when that is safe
     (no new interpreter to start and nothing to import again), else a new Python."""
-    if hasattr(os, "fork") and _single_threaded():
+    if hasattr(os, "fork") and single_threaded():
         return _probe_forked(path, model)
     return _probe_spawned(path, model)
 
 
 def _probe_forked(path: Path, model: Path) -> tuple[bool, str]:
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 3
-        try:
-            os.close(read_end)
-            os.dup2(write_end, 1)
-            os.dup2(write_end, 2)
-            faulthandler.disable()  # a crash here is the answer, not a bug to report
-            signal.alarm(PROBE_TIMEOUT)
-            code = _self_test(path, model)
-        except BaseException as exc:  # anything at all: the parent reads it as the reason
-            os.write(2, f"{type(exc).__name__}: {exc}\n".encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        text = fh.read().decode("utf-8", "replace")
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        if signum == signal.SIGALRM:
-            return False, f"did not answer in {PROBE_TIMEOUT} s"
-        return False, f"died with {_signal_name(-signum)}"
-    return _verdict(os.WEXITSTATUS(status), text)
+    text, code = run_forked(lambda: _self_test(path, model), PROBE_TIMEOUT)
+    if code is None:
+        return False, f"did not answer in {PROBE_TIMEOUT} s"
+    if code < 0:
+        return False, f"died with {_signal_name(code)}"
+    return _verdict(code, text)
 
 
 def _probe_spawned(path: Path, model: Path) -> tuple[bool, str]:

@@ -9,7 +9,6 @@ device at all is remembered too, so that a start on a machine without a GPU neve
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import glob
 import hashlib
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from runtime.engine import devices
+from runtime.engine.forked import run_forked, single_threaded
 from runtime.file.boot import cache_dir
 from runtime.file.jsonfile import write_atomic
 
@@ -113,7 +113,7 @@ def _run_child(backend: str, cpu_variant: Optional[Path]) -> dict[str, str]:
     if not model.exists():
         selftest_model.write(model)
     if hasattr(os, "fork") and _forkable():
-        text, code = _forked(backend, model)
+        text, code = run_forked(lambda: _test_devices(backend, model), TIMEOUT)
     else:
         text, code = _spawned(backend, cpu_variant, model)
     result: dict[str, str] = {}
@@ -151,37 +151,8 @@ def _forkable() -> bool:
     """A fork can test: the CPU backend is started here, no GPU backend loaded, one thread
     (a first start's usual case: no new Python to start, nothing to import again)."""
     from runtime.engine.backend import backend_started
-    from runtime.engine.cpu import _single_threaded
 
-    return backend_started() and not devices.loaded() and _single_threaded()
-
-
-def _forked(backend: str, model: Path) -> tuple[str, Optional[int]]:
-    """(what the child wrote, its exit code: negative for a signal, None for no answer)."""
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        try:
-            os.close(read_end)
-            os.dup2(write_end, 1)
-            os.dup2(write_end, 2)
-            faulthandler.disable()  # a crash here is the answer, not a bug to report
-            signal.alarm(TIMEOUT)
-            _test_devices(backend, model)
-        except BaseException as exc:  # anything at all: the parent reads it as the reason
-            os.write(2, f"\n{type(exc).__name__}: {exc}\n".encode())
-        finally:
-            os._exit(3)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        text = fh.read().decode("utf-8", "replace")
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        return text, None if signum == signal.SIGALRM else -signum
-    return text, os.WEXITSTATUS(status)
+    return backend_started() and not devices.loaded() and single_threaded()
 
 
 def _spawned(backend: str, cpu_variant: Optional[Path], model: Path) -> tuple[str, Optional[int]]:
@@ -216,7 +187,7 @@ def child_main(args: list[str]) -> None:
     _test_devices(backend, model)
 
 
-def _test_devices(backend: str, model: Path) -> None:
+def _test_devices(backend: str, model: Path) -> int:
     """In the child: load the backend, test each of its GPU devices, say so on stdout
     (`testing NAME`, `verdict NAME ok|refused: why`, `done`), and exit."""
     from runtime.engine import gpu, offload
