@@ -60,14 +60,15 @@ INCLUDE=$(dirname "$HEADER")
 BUILD=$(mktemp -d "$OUT/.build.XXXXXX")
 echo "building libggml-cuda.so for CUDA architectures $ARCHS (35-40 minutes per architecture on 2 cores) ..." >&2
 # shellcheck disable=SC2086
-{ cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF $FLAGS -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" \
-    -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_SKIP_RPATH=ON \
-    -DCUDA_cublas_LIBRARY="$CUBLAS" -DCUDA_cublasLt_LIBRARY="$CUBLASLT" \
-    -DCMAKE_CUDA_FLAGS="-I$INCLUDE" -DCMAKE_CXX_FLAGS="-I$INCLUDE" &&
-  cmake --build "$BUILD" --target ggml-cuda -j "$(nproc)"; } >"$BUILD.log" 2>&1 ||
-  { tail -n 40 "$BUILD.log" >&2; rm -rf "$BUILD"; exit 1; }
+cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+  -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF $FLAGS -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" \
+  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_SKIP_RPATH=ON \
+  -DCUDA_cublas_LIBRARY="$CUBLAS" -DCUDA_cublasLt_LIBRARY="$CUBLASLT" \
+  -DCMAKE_CUDA_FLAGS="-I$INCLUDE" -DCMAKE_CXX_FLAGS="-I$INCLUDE" \
+  >"$BUILD.configure.log" 2>&1 || { tail -n 40 "$BUILD.configure.log" >&2; echo "build-cuda.sh: cmake configure failed; the full log is $BUILD.configure.log" >&2; rm -rf "$BUILD"; exit 1; }
+"$PYTHON" "$(dirname "$0")/progress.py" libggml-cuda "$BUILD.log" -- \
+  cmake --build "$BUILD" --target ggml-cuda -j "$(nproc)" || { rm -rf "$BUILD"; exit 1; }
 built=$(find "$BUILD" -name libggml-cuda.so -type f | head -n1)
 [ -n "$built" ] || { echo "build-cuda.sh: the build made no libggml-cuda.so (log: $BUILD.log)" >&2; exit 1; }
 strip --strip-unneeded -o "$OUT/.libggml-cuda.so.tmp" "$built"
@@ -76,6 +77,6 @@ for lib in "$CUDART" "$CUBLAS" "$CUBLASLT"; do
   mv "$OUT/.$(basename "$lib").tmp" "$OUT/$(basename "$lib")"
 done
 mv "$OUT/.libggml-cuda.so.tmp" "$OUT/libggml-cuda.so"  # last: its presence says the folder is whole
-rm -rf "$BUILD" "$BUILD.log"
+rm -rf "$BUILD" "$BUILD.log" "$BUILD.configure.log"
 du -sh "$OUT" >&2
 echo "$OUT"

@@ -14,8 +14,10 @@ wheel=$(ls "$HOUSE"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n1 || 
 if [ -z "$wheel" ]; then
   echo "building llama-cpp-python $VERSION portable (several minutes, once) ..." >&2
   tmp=$(mktemp -d "$HOUSE/.build.XXXXXX")
-  CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PYTHON" -m pip wheel --no-deps --no-cache-dir \
-    -w "$tmp" "llama-cpp-python==$VERSION" >"$tmp/build.log" 2>&1 || { tail -n 40 "$tmp/build.log" >&2; exit 1; }
+  # -v: pip passes cmake's progress lines through, which progress.py shows.
+  CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PYTHON" "$(dirname "$0")/progress.py" \
+    "llama-cpp-python $VERSION" "$tmp/build.log" -- \
+    "$PYTHON" -m pip wheel -v --no-deps --no-cache-dir -w "$tmp" "llama-cpp-python==$VERSION" || exit 1
   mv "$tmp"/llama_cpp_python-*.whl "$HOUSE"/
   rm -rf "$tmp"
   wheel=$(ls "$HOUSE"/llama_cpp_python-"$VERSION"-*.whl | head -n1)

@@ -38,9 +38,11 @@ mkdir -p "$CACHE/peers"
 tmp=$(mktemp -d "$CACHE/peers/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 log="$tmp/build.log"
+kept="$CACHE/peers/last-failed-build.log"
 fail() {
+  cp "$log" "$kept" 2>/dev/null || true
   tail -n 40 "$log" >&2
-  echo "build-peers: $1 failed; the full log was $log (removed)" >&2
+  echo "build-peers: $1 failed; the full log is $kept" >&2
   exit 1
 }
 
@@ -56,8 +58,10 @@ src="$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp"
 # shellcheck disable=SC2086  # FLAGS and TARGETS are word lists
 cmake -S "$src" -B "$tmp/build" $FLAGS >>"$log" 2>&1 || fail "cmake configure"
 # shellcheck disable=SC2086
-cmake --build "$tmp/build" --config Release -j "$(nproc)" --target $TARGETS >>"$log" 2>&1 ||
-  fail "cmake --build"
+"$PYTHON" "$(dirname "$0")/progress.py" "llama-bench, llama-server" "$tmp/compile.log" -- \
+  cmake --build "$tmp/build" --config Release -j "$(nproc)" --target $TARGETS ||
+  { cat "$tmp/compile.log" >>"$log"; cp "$log" "$kept"; echo "build-peers: the full log is $kept" >&2; exit 1; }
+cat "$tmp/compile.log" >>"$log"
 
 out="$tmp/out"
 mkdir -p "$out/bin"

@@ -54,15 +54,16 @@ LOADER=$(ls /usr/lib/*/libvulkan.so /usr/lib/libvulkan.so 2>/dev/null | head -n1
 BUILD=$(mktemp -d "$HOME_DIR/.build.XXXXXX")
 echo "building libggml-vulkan.so for llama.cpp of llama-cpp-python $VERSION (several minutes, once) ..." >&2
 # shellcheck disable=SC2086
-{ cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF $FLAGS \
-    -DVulkan_INCLUDE_DIR="$INCLUDE" -DVulkan_LIBRARY="$LOADER" -DVulkan_GLSLC_EXECUTABLE="$GLSLC" &&
-  cmake --build "$BUILD" --target ggml-vulkan -j "$(nproc)"; } >"$BUILD.log" 2>&1 ||
-  { tail -n 40 "$BUILD.log" >&2; rm -rf "$BUILD"; exit 1; }
+cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+  -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF $FLAGS \
+  -DVulkan_INCLUDE_DIR="$INCLUDE" -DVulkan_LIBRARY="$LOADER" -DVulkan_GLSLC_EXECUTABLE="$GLSLC" \
+  >"$BUILD.configure.log" 2>&1 || { tail -n 40 "$BUILD.configure.log" >&2; echo "build-vulkan.sh: cmake configure failed; the full log is $BUILD.configure.log" >&2; rm -rf "$BUILD"; exit 1; }
+"$PYTHON" "$(dirname "$0")/progress.py" libggml-vulkan "$BUILD.log" -- \
+  cmake --build "$BUILD" --target ggml-vulkan -j "$(nproc)" || { rm -rf "$BUILD"; exit 1; }
 built=$(find "$BUILD" -name libggml-vulkan.so -type f | head -n1)
 [ -n "$built" ] || { echo "build-vulkan.sh: the build made no libggml-vulkan.so (log: $BUILD.log)" >&2; exit 1; }
 strip --strip-unneeded -o "$LIB.tmp" "$built"
 mv "$LIB.tmp" "$LIB"
-rm -rf "$BUILD" "$BUILD.log"
+rm -rf "$BUILD" "$BUILD.log" "$BUILD.configure.log"
 echo "$LIB"

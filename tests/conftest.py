@@ -4,6 +4,7 @@ and an isolated cache and HOME for every subprocess."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,28 @@ import fetch_smollm2  # noqa: E402
 from runtime.engine import selftest_model  # noqa: E402
 
 PACK = str(Path(sys.executable).parent / "pack")
+
+
+def default_sigint() -> None:
+    """preexec_fn of a child that a test interrupts: SIGINT as a terminal would deliver it.
+
+    A process started with SIGINT ignored (`nohup`, `cmd &` in a script, some CI runners)
+    passes that on to its children, and Python then never raises KeyboardInterrupt: the
+    test would test the parent shell instead of the program.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 WORDS = [*selftest_model.WORDS, "home"]
+
+
+@pytest.fixture(params=["parent-default", "parent-ignores-sigint"])
+def parent_sigint(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test process's own SIGINT, as a terminal or as `nohup make test &` leaves it."""
+    ignored = request.param == "parent-ignores-sigint"
+    previous = signal.signal(
+        signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler
+    )
+    yield str(request.param)
+    signal.signal(signal.SIGINT, previous)
 
 
 def write_tiny_gguf(

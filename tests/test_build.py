@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import PACK, assert_clean_error, pack
+from conftest import PACK, assert_clean_error, default_sigint, pack
 
 from runtime.file.archive import ALIGNMENT, MANIFEST_NAME, preamble
 
@@ -180,7 +180,9 @@ def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_build_leaves_nothing(big_gguf: Path, tmp_path: Path, sig: int) -> None:
+def test_interrupted_build_leaves_nothing(
+    big_gguf: Path, tmp_path: Path, sig: int, parent_sigint: str
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     # Page cache cold or warm, a 600 MB copy plus its sha256 takes well over the poll interval;
@@ -191,6 +193,7 @@ def test_interrupted_build_leaves_nothing(big_gguf: Path, tmp_path: Path, sig: i
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache")),
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".tmp") and p.stat().st_size > 1_000_000 for p in out.iterdir()):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import assert_clean_error, run_pyz, write_tiny_gguf
+from conftest import assert_clean_error, default_sigint, run_pyz, write_tiny_gguf
 
 from runtime.chat.stops import StopFilter
 
@@ -22,6 +22,7 @@ def spawn(pyz: Path, *args: str) -> pexpect.spawn:
         timeout=120,
         env=dict(os.environ),
         dimensions=(40, 200),
+        preexec_fn=default_sigint,
     )
     child.logfile_read = sys.stderr if os.environ.get("LLAMAPYZ_TEST_TRACE") else None
     return child
@@ -50,7 +51,7 @@ def test_terminal_chat_answers_resets_interrupts_and_exits(smollm2_pyz: Path) ->
 
 
 @pytest.mark.slow
-def test_ctrl_c_twice_at_the_prompt_quits_and_ctrl_d_too(tiny_pyz: Path) -> None:
+def test_ctrl_c_twice_at_the_prompt_quits_and_ctrl_d_too(tiny_pyz: Path, parent_sigint: str) -> None:
     child = spawn(tiny_pyz, "--temp", "0", "-n", "8")
     child.expect_exact(">>> ")
     child.sendintr()

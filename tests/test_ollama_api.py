@@ -372,6 +372,21 @@ def test_bad_values_get_a_4xx_error(
     assert httpx.get(server.url + "/api/version").status_code == 200  # still serving
 
 
+def test_a_request_without_model_is_refused_as_ollama_refuses_it(server: Server) -> None:
+    # Ollama 0.12's answers: chat and show want a name, the others find no model ''.
+    for path, body, status, said in [
+        ("/api/chat", {"messages": MSG}, 400, "model is required"),
+        ("/api/show", {}, 400, "model is required"),
+        ("/api/generate", {"prompt": "hi"}, 404, "model '' not found"),
+        ("/api/embed", {"input": "hi"}, 404, "model '' not found"),
+        ("/api/embeddings", {"prompt": "hi"}, 404, "model '' not found"),
+    ]:
+        r = httpx.post(server.url + path, json=body, timeout=60)
+        assert (r.status_code, r.json()) == (status, {"error": said}), path
+    shown = httpx.post(server.url + "/api/show", json={"name": "x"}, timeout=60)
+    assert shown.status_code == 200  # `name`, the older spelling, still names it
+
+
 def test_malformed_requests_get_ollama_errors(server: Server) -> None:
     broken = httpx.post(server.url + "/api/chat", content=b"{not json")
     assert broken.status_code == 400

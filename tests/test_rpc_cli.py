@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_error, run_pyz
+from conftest import assert_clean_error, default_sigint, run_pyz
 
 PROMPT = "the quick brown fox"
 ARGS = ("-p", PROMPT, "-n", "12", "--temp", "0")
@@ -31,6 +31,7 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=default_sigint,  # stop() interrupts it
         )
         self.banner = self.proc.stderr.readline() if self.proc.stderr else ""
         deadline = time.monotonic() + 60

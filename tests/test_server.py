@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from conftest import assert_clean_error, run_pyz
+from conftest import assert_clean_error, default_sigint, run_pyz
 
 KEY = "sesame"
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, pyz: Path, *args: str) -> None:
+    def __init__(self, pyz: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -37,6 +38,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=preexec_fn,
         )
         deadline = time.monotonic() + 120
         self.banner = ""
@@ -308,3 +310,26 @@ def test_concurrent_requests_share_the_forward_pass(
     assert busiest >= 2, "the requests never ran together"
     assert "Paris" in answers[prompts[0]] and "Rome" in answers[prompts[1]]
     assert "Berlin" in answers[prompts[2]] and "Madrid" in answers[prompts[3]]
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started", [default_sigint, ignore_sigint], ids=["default", "ignored"])
+def test_sigint_stops_the_server_unless_it_was_started_ignoring_it(
+    tiny_pyz: Path, started: Callable[[], None]
+) -> None:
+    # `nohup ./m.pyz --server &` starts it with SIGINT ignored: it stays ignored, as nohup
+    # means (uvicorn would install its own handler); SIGTERM stops it either way.
+    srv = Server(tiny_pyz, preexec_fn=started)
+    srv.proc.send_signal(signal.SIGINT)
+    if started is default_sigint:
+        assert srv.proc.wait(timeout=30) == 0
+        return
+    time.sleep(1.0)
+    assert srv.proc.poll() is None
+    with urllib.request.urlopen(srv.url + "/health", timeout=30) as r:
+        assert r.status == 200
+    srv.stop()
+    assert srv.proc.returncode == 0

@@ -78,6 +78,19 @@ def test_any_model_name_is_served_under_the_one_id(client: openai.OpenAI) -> Non
     assert out.model == entry.id
 
 
+def test_a_request_without_model_is_served_by_the_loaded_one(server: Server) -> None:
+    # The request llama.cpp's server docs show: no `model` field at all.
+    status, chat = call(server, "/v1/chat/completions", {"messages": ASK, "max_tokens": 2})
+    assert status == 200, chat
+    assert chat["model"] == "SmolLM2-135M-Instruct.Q4_1" and chat["choices"][0]["message"]
+    status, done = call(server, "/v1/completions", {"prompt": "Paris is", "max_tokens": 2})
+    assert status == 200 and done["choices"][0]["text"], done
+    status, vectors = call(server, "/v1/embeddings", {"input": "Paris"})
+    assert status == 200 and len(vectors["data"][0]["embedding"]) == 576, vectors
+    status, response = call(server, "/v1/responses", {"input": "Hi", "max_output_tokens": 2})
+    assert status == 200 and response["status"] in ("completed", "incomplete"), response
+
+
 def test_alias_names_the_model(smollm2_pyz: Path) -> None:
     srv = Server(smollm2_pyz, "--alias", "tiny-chat", "-c", "512")
     try:

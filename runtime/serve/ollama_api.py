@@ -52,6 +52,16 @@ def bad(message: str, field: Optional[str] = None) -> APIError:
     return APIError(400, message, "invalid_value", field)
 
 
+def named(model: Optional[str], chat: bool = False) -> None:
+    """Refuse a request that names no model, in Ollama's words: it requires `model` on
+    /api/* (the OpenAI routes here serve the loaded model without one, as llama-server does)."""
+    if model:
+        return
+    if chat:  # /api/chat and /api/show
+        raise APIError(400, "model is required", "invalid_value", "model")
+    raise APIError(404, "model '' not found", "not_found", "model")
+
+
 def router(state: Any, authorize: Any) -> APIRouter:
     """The /api/* routes serving `state` (app.ServerState)."""
     api = APIRouter(dependencies=[Depends(authorize)])
@@ -74,11 +84,13 @@ def router(state: Any, authorize: Any) -> APIRouter:
 
     @api.post("/api/show")
     async def show(body: ShowRequest) -> dict[str, Any]:
+        named(body.model or body.name, chat=True)
         return ollama_facts.show(model, state.model_id, state.fmt, state.defaults)
 
     @api.post("/api/chat", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> Any:
         started = time.perf_counter()
+        named(body.model, chat=True)
         think = _common(state, body)
         for i, m in enumerate(body.messages):
             if m.images:
@@ -99,6 +111,7 @@ def router(state: Any, authorize: Any) -> APIRouter:
     @api.post("/api/generate", response_model=None)
     async def generate(body: GenerateRequest, request: Request) -> Any:
         started = time.perf_counter()
+        named(body.model)
         think = _common(state, body)
         if body.images:
             raise _no_vision("images")
@@ -120,6 +133,7 @@ def router(state: Any, authorize: Any) -> APIRouter:
     @api.post("/api/embed")
     async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
         started = time.perf_counter()
+        named(body.model)
         _check_options(body.options)
         inputs = [body.input] if isinstance(body.input, str) else body.input
         vectors, used = [], 0
@@ -141,6 +155,7 @@ def router(state: Any, authorize: Any) -> APIRouter:
 
     @api.post("/api/embeddings")
     async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+        named(body.model)
         _check_options(body.options)
         if not body.prompt:
             return {"embedding": []}

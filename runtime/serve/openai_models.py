@@ -81,7 +81,7 @@ class ResponseFormat(BaseModel):
 class GenerationFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: str = ""  # optional, as on llama-server: the loaded model serves any name or none
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0, le=2)
     top_p: Optional[float] = Field(None, gt=0, le=1)
@@ -117,6 +117,6 @@ class CompletionRequest(GenerationFields):
 
 
 class EmbeddingRequest(BaseModel):
-    model: str
+    model: str = ""
     input: Union[str, list[str]]
     encoding_format: Literal["float", "base64"] = "float"
