@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scr
 	scripts/system-packages.sh build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# The dependencies download while the Vulkan backend compiles.
 	house=$$(PYTHON=$(PY) scripts/build-llama-cpp.sh) && \
 	  $(PY) -m pip install --quiet --no-index --find-links "$$house" --no-deps llama-cpp-python==0.3.36 && \
-	  $(PY) -m pip install --quiet --find-links "$$house" -e '.[dev]' numpy diskcache jinja2
-	vk=$$(PYTHON=$(PY) scripts/build-vulkan.sh) && mkdir -p $(VENV)/llamapyz-gpu && \
+	  { $(PY) -m pip install --quiet --find-links "$$house" -e '.[dev]' numpy diskcache jinja2 & deps=$$!; } && \
+	  vk=$$(PYTHON=$(PY) scripts/build-vulkan.sh) && wait $$deps && mkdir -p $(VENV)/llamapyz-gpu && \
 	  cp "$$vk" $(VENV)/llamapyz-gpu/libggml-vulkan.so
 	touch $(STAMP)
 

@@ -4,6 +4,9 @@ the flags that put both sides on them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.procs import BenchError
 
 BACKEND_NAMES = {"vulkan": "Vulkan", "cuda": "CUDA"}  # --gpu word -> ggml's backend name
 
@@ -60,3 +63,30 @@ class GpuSide:
 
     def name(self, name: str) -> str:
         return f"{self.device} ({self.layers}/{self.units} layers): {name}"
+
+    # Each side is checked to have put exactly these layers on this device before its figures
+    # count: one place for the speed rows (llama-bench, engine_speed.py) and the server rows.
+
+    def check_ours(self, result: dict[str, Any], cmd: list[str]) -> None:
+        """engine_speed.py's result (its `gpu_layers`)."""
+        if result.get("gpu_layers") != self.layers:
+            raise BenchError(f"{' '.join(cmd)} put {result.get('gpu_line')!r}, not {self.spec}")
+
+    def check_bench(self, result: dict[str, Any], cmd: list[str]) -> None:
+        """llama-bench's JSON result (its `backends` and `n_gpu_layers`)."""
+        if self.ggml_backend not in str(result.get("backends", "")) or (
+            int(result.get("n_gpu_layers", -1)) != self.layers
+        ):
+            raise BenchError(
+                f"{' '.join(cmd)} ran on {result.get('backends')!r} with "
+                f"{result.get('n_gpu_layers')} layers, not {self.ggml_backend} with {self.layers}"
+            )
+
+    def check_log(self, who: str, log: str, ours: bool) -> str:
+        """A server's log (llamapyz's or llama-server's at -lv 4): its line saying where the
+        layers went."""
+        want = f"offloaded {self.layers}/{self.units} layers to " + (self.device if ours else "GPU")
+        found = [line for line in log.splitlines() if "offloaded" in line]
+        if not any(want in line for line in found):
+            raise BenchError(f"{who} did not say {want!r} (it said {found[:2]})")
+        return found[0].strip()

@@ -333,21 +333,6 @@ def skipped_rows(why: str = NOT_BUILT) -> list[Row]:
     ]
 
 
-def _check_gpu(servers: dict[str, Server], gpu: GpuSide) -> dict[str, str]:
-    """Both servers' own lines saying where the layers went; a BenchError unless both put
-    `gpu.layers` layers on the GPU."""
-    said: dict[str, str] = {}
-    for side, server in servers.items():
-        want = f"offloaded {gpu.layers}/{gpu.units} layers to " + (
-            gpu.device if side == "ours" else "GPU"
-        )
-        found = [line for line in server.log_text().splitlines() if "offloaded" in line]
-        if not any(want in line for line in found):
-            raise BenchError(f"{server.name} did not say {want!r} (it said {found[:2]})")
-        said[side] = found[0].strip()
-    return said
-
-
 def server_rows(
     ctx: Context,
     setup: Setup,
@@ -373,7 +358,11 @@ def server_rows(
         want = f"libggml-cpu-{setup.variant}.so" if setup.variant else None
         if want and loaded and loaded != want:
             raise BenchError(f"llama-server loaded {loaded}, not {want}")
-        where = _check_gpu(servers, gpu) if gpu else {}
+        where = (
+            {k: gpu.check_log(srv.name, srv.log_text(), k == "ours") for k, srv in servers.items()}
+            if gpu
+            else {}
+        )
         samples = _measure(ctx, servers, prompt, setup.threads, STARVED if gpu is None else 0.0)
     finally:
         for server in servers.values():

@@ -195,20 +195,8 @@ def _ours(
     except (ValueError, IndexError) as exc:
         raise BenchError(f"{' '.join(cmd)} printed no result ({exc}):\n{text[-500:]}") from None
     result["cpu_share"] = done.cpu_share
-    if gpu is not None and result.get("gpu_layers") != gpu.layers:
-        raise BenchError(f"{' '.join(cmd)} put {result.get('gpu_line')!r}, not {gpu.spec}")
-    return result
-
-
-def _peer_on_gpu(result: dict[str, Any], cmd: list[str], gpu: GpuSide) -> dict[str, Any]:
-    """llama-bench's result, after checking that it ran on the same backend and layers."""
-    if gpu.ggml_backend not in str(result.get("backends", "")) or (
-        int(result.get("n_gpu_layers", -1)) != gpu.layers
-    ):
-        raise BenchError(
-            f"{' '.join(cmd)} ran on {result.get('backends')!r} with "
-            f"{result.get('n_gpu_layers')} layers, not {gpu.ggml_backend} with {gpu.layers}"
-        )
+    if gpu is not None:
+        gpu.check_ours(result, cmd)
     return result
 
 
@@ -248,7 +236,9 @@ def _measure(
     def peer_run(cmd: list[str]) -> dict[str, Any]:
         assert peers is not None
         result = run_bench(ctx, peers, cmd, threads)[0]
-        return result if gpu is None else _peer_on_gpu(result, cmd, gpu)
+        if gpu is not None:
+            gpu.check_bench(result, cmd)
+        return result
 
     for rep in range(runs_n):
         runs.busy.append(ctx.quiet())

@@ -74,7 +74,9 @@ def main(argv: list[str]) -> int:
     if status != 0:
         lines = log_path.read_text(errors="replace").splitlines()[-40:]
         print("\n".join(lines), file=sys.stderr)
-        print(f"{label}: failed after {elapsed(start)}; the full log is {log_path}", file=sys.stderr)
+        print(
+            f"{label}: failed after {elapsed(start)}; the full log is {log_path}", file=sys.stderr
+        )
         return status
     print(f"{label}: built in {elapsed(start)}", file=sys.stderr)
     return 0

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +34,8 @@ def default_sigint() -> None:
     test would test the parent shell instead of the program.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 WORDS = [*selftest_model.WORDS, "home"]
 
 
@@ -230,3 +235,58 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, text
 
 
 PLACEMENT = ("no GPU found (", "offloaded ", "warning: -ngl ")
+
+
+# A tool that every server test offers the model.
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, pyz: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(pyz), "--server", "--port", str(self.port), "--nobrowser", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
+        )
+        deadline = time.monotonic() + 120
+        self.banner = ""
+        while "serving" not in self.banner:
+            line = self.proc.stderr.readline() if self.proc.stderr else ""
+            if not line and self.proc.poll() is not None:
+                raise AssertionError(f"the server stopped: {self.proc.returncode}: {self.banner}")
+            self.banner += line
+            assert time.monotonic() < deadline, self.banner
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        return err
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2_pyz: Path) -> Iterator[Server]:
+    """SmolLM2 serving both API dialects, two slots, greedy unless a request says otherwise."""
+    srv = Server(smollm2_pyz, "-c", "2048", "--parallel", "2", "--temp", "0")
+    yield srv
+    print("SERVER STDERR:", srv.stop()[-3000:])

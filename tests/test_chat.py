@@ -51,7 +51,9 @@ def test_terminal_chat_answers_resets_interrupts_and_exits(smollm2_pyz: Path) ->
 
 
 @pytest.mark.slow
-def test_ctrl_c_twice_at_the_prompt_quits_and_ctrl_d_too(tiny_pyz: Path, parent_sigint: str) -> None:
+def test_ctrl_c_twice_at_the_prompt_quits_and_ctrl_d_too(
+    tiny_pyz: Path, parent_sigint: str
+) -> None:
     child = spawn(tiny_pyz, "--temp", "0", "-n", "8")
     child.expect_exact(">>> ")
     child.sendintr()

@@ -10,8 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run_pyz
-from test_server import Server
+from conftest import Server, run_pyz
 
 from runtime.engine import variants
 

@@ -252,7 +252,8 @@ def test_template_refused_in_chat(
 def test_server_answers_a_stopped_template_with_400_and_keeps_serving(
     broken: dict[str, tuple[Path, str]], bare_pyz: Path
 ) -> None:
-    from test_server import Server, post
+    from conftest import Server
+    from test_server import post
 
     path, why = broken["looping-template"]
     srv = Server(bare_pyz, "-m", str(path), "-c", "64")

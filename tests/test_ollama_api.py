@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from conftest import build_session_pyz, write_tiny_gguf
-from test_server import Server
+from conftest import WEATHER, Server, build_session_pyz, write_tiny_gguf
 
 pytestmark = pytest.mark.slow
 HI = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -19,10 +18,8 @@ FIM = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_pyz: Path) -> Iterator[Server]:
-    srv = Server(smollm2_pyz, "-c", "2048", "--temp", "0")
-    yield srv
-    srv.stop()
+def server(smollm2_server: Server) -> Server:
+    return smollm2_server
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +89,6 @@ def test_chat_whole_and_streamed_agree(client: ollama.Client) -> None:
     assert parts[-1].done_reason == whole.done_reason
 
 
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather of a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 # SmolLM2 does not call tools on its own: `format` holds it to the shape of one call, so the
 # reply is a call every time, and what is tested is that the server finds it and answers it.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import assert_clean_error
+from conftest import assert_clean_error, free_port
 
 from runtime.rpc import client as rpc
 from runtime.rpc import endpoints as rpc_endpoints
@@ -85,12 +85,6 @@ with engine.Model(source, n_ctx=256, n_batch=64, n_threads=1) as llm:
             sys.stdout.flush()
             sys.stdin.readline()
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_command(address: str, *extra: str) -> list[str]:

@@ -11,16 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_error, default_sigint, run_pyz
+from conftest import assert_clean_error, default_sigint, free_port, run_pyz
 
 PROMPT = "the quick brown fox"
 ARGS = ("-p", PROMPT, "-n", "12", "--temp", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Worker:
@@ -87,7 +81,7 @@ def test_split_over_two_workers_gives_the_local_text(tiny_pyz: Path, workers: li
 @pytest.mark.slow
 def test_smollm2_split_and_served(smollm2_pyz: Path, workers: list[Worker]) -> None:
     import openai
-    from test_server import Server
+    from conftest import Server
 
     args = ("-p", "The capital of France is", "-n", "16", "--temp", "0")
     local = run_pyz(smollm2_pyz, *args)
@@ -244,7 +238,7 @@ def test_server_survives_a_lost_worker_and_says_so(
     import urllib.error
     import urllib.request
 
-    from test_server import Server
+    from conftest import Server
 
     srv = Server(smollm2_pyz, "--rpc", rpc_list(workers), "-np", "1")
 

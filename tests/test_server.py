@@ -6,8 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -17,42 +15,10 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import assert_clean_error, default_sigint, run_pyz
+from conftest import Server, assert_clean_error, default_sigint, run_pyz
 
 KEY = "sesame"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, pyz: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [str(pyz), "--server", "--port", str(self.port), "--nobrowser", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=preexec_fn,
-        )
-        deadline = time.monotonic() + 120
-        self.banner = ""
-        while "serving" not in self.banner:
-            line = self.proc.stderr.readline() if self.proc.stderr else ""
-            if not line and self.proc.poll() is not None:
-                raise AssertionError(f"the server stopped: {self.proc.returncode}: {self.banner}")
-            self.banner += line
-            assert time.monotonic() < deadline, self.banner
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        _, err = self.proc.communicate(timeout=30)
-        return err
 
 
 @pytest.fixture(scope="module")

@@ -6,28 +6,15 @@ from __future__ import annotations
 import json
 import math
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from test_server import Server
+from conftest import WEATHER, Server
 
 pytestmark = pytest.mark.slow
 
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather of a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 TIME: Any = {
     "type": "function",
     "function": {
@@ -44,10 +31,8 @@ ASK: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_pyz: Path) -> Iterator[Server]:
-    srv = Server(smollm2_pyz, "-c", "2048", "--parallel", "2")
-    yield srv
-    print("SERVER STDERR:", srv.stop()[-3000:])
+def server(smollm2_server: Server) -> Server:
+    return smollm2_server
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +406,7 @@ def test_health_is_503_while_the_model_loads(smollm2_pyz: Path) -> None:
     import subprocess
     import time
 
-    from test_server import free_port
+    from conftest import free_port
 
     port = free_port()
     proc = subprocess.Popen(

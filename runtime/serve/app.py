@@ -142,12 +142,16 @@ def serve(
     import sys
     import threading
 
+    import uvicorn
+
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{bound}"
     loading = Loading()
     config = uvicorn.Config(loading, log_level="warning", access_log=False, lifespan="off")
-    server = _server_class()(config, sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    server = _server_class()(
+        config, sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    )
     ready: list[ServerState] = []
     failed: list[BaseException] = []
 
@@ -188,7 +192,7 @@ def _server_class() -> Any:
 
     import uvicorn
 
-    class Server(uvicorn.Server):  # type: ignore[misc]
+    class Server(uvicorn.Server):
         """uvicorn's server, except that SIGINT stays ignored where the process was started
         ignoring it (`nohup ./m.pyz --server &`): uvicorn installs its own handler either way."""
 
