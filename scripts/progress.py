@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     label, log_path, command = argv[0], Path(argv[1]), argv[3:]
     tty = sys.stderr.isatty()
     start = time.monotonic()
-    reported = -10
+    reported = last = -10
     shown = False
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -61,6 +61,9 @@ def main(argv: list[str]) -> int:
             if step is None:
                 continue
             percent, what = step
+            if percent < last:  # a nested build (Vulkan's shader generator) ended: a new count
+                reported = -10
+            last = percent
             if tty:
                 sys.stderr.write(f"\r\033[K{label}: {percent:3d}% {elapsed(start)} {what}")
                 sys.stderr.flush()

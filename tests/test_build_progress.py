@@ -15,6 +15,7 @@ PROGRESS = str(ROOT / "scripts" / "progress.py")
 
 def ninja(tmp_path: Path, steps: int, status: int = 0) -> list[str]:
     """A command that prints Ninja's progress for `steps` objects, then exits with `status`."""
+    tmp_path.mkdir(exist_ok=True)
     script = tmp_path / "build.sh"
     lines = "".join(
         f"echo '[{i}/{steps}] Building CXX object ggml/src/CMakeFiles/ggml-cpu.dir/op{i}.cpp.o'\n"
@@ -42,6 +43,21 @@ def test_a_line_per_ten_percent_off_a_terminal_and_the_whole_log_kept(tmp_path: 
     assert said[-1].startswith("engine: built in 0:0")
     text = log.read_text()
     assert text.startswith("configuring\n[1/40] Building") and "the compiler said no" in text
+
+
+def test_a_nested_build_then_the_main_one_are_both_followed(tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    inner, outer = ninja(tmp_path, 2), ninja(tmp_path / "outer", 10)
+    script = tmp_path / "both.sh"
+    script.write_text(f"{' '.join(inner)} && {' '.join(outer)}\n")
+    done = subprocess.run(
+        [sys.executable, PROGRESS, "vulkan", str(log), "--", "sh", str(script)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0
+    percents = [int(line.split()[1].rstrip("%")) for line in done.stderr.splitlines()[:-1]]
+    assert percents == [50, 100, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
 
 def test_a_failed_build_says_where_its_log_is_and_keeps_the_status(tmp_path: Path) -> None:
