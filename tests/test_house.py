@@ -1,5 +1,8 @@
 """The house: which room of `runtime/` may import which, no import circles, small modules.
 
+Inside `serve/`, each API dialect is a package of its own; the two share serve/'s service and
+replies and never import each other.
+
 Every import counts, those inside functions and under TYPE_CHECKING too: a lazy import is
 still an arrow between rooms.
 """
@@ -24,6 +27,7 @@ ALLOWED = {
     "runtime.rpc": {"runtime.engine", "runtime.sources", "runtime.file"},
 }
 FRONT = "runtime"
+DIALECTS = ("runtime.serve.openai", "runtime.serve.ollama")
 MAX_LINES = 400
 
 
@@ -74,18 +78,28 @@ def room(module: str) -> str:
     return candidate if candidate in ALLOWED else FRONT
 
 
+def dialect(module: str) -> str | None:
+    """`runtime.serve.ollama.routes` -> `runtime.serve.ollama`; None outside the dialects."""
+    return next((d for d in DIALECTS if module == d or module.startswith(d + ".")), None)
+
+
 def graph(root: Path) -> dict[str, set[str]]:
     found = modules(root)
     return {name: imports(path, name, set(found)) for name, path in found.items()}
 
 
 def wrong_arrows(root: Path) -> list[str]:
-    """Every import that points up the table, or from runtime/ into packager/."""
+    """Every import that points up the table, from runtime/ into packager/, or from one API
+    dialect into the other."""
     wrong = []
     for name, targets in sorted(graph(root).items()):
         here = room(name)
         for target in sorted(targets):
             there = room(target)
+            mine, theirs = dialect(name), dialect(target)
+            if mine and theirs and mine != theirs:
+                wrong.append(f"{name} imports {target}: {mine} may not import {theirs}")
+                continue
             if there == here or here == "packager":
                 continue  # the build tool may import the runtime
             if there == "packager":
@@ -154,6 +168,17 @@ def test_runtime_top_holds_the_front_door_and_the_packages_only() -> None:
         )
 
 
+def test_serve_keeps_each_dialect_in_its_package() -> None:
+    serve = ROOT / "runtime" / "serve"
+    flat = sorted(p.name for p in serve.glob("*.py") if p.name.startswith(("openai", "ollama")))
+    assert flat == [], "a dialect's modules live in serve/openai/ or serve/ollama/"
+    for package in DIALECTS:
+        init = ROOT / Path(*package.split(".")) / "__init__.py"
+        doc = " ".join((ast.get_docstring(ast.parse(init.read_text())) or "").split())
+        other = next(d for d in DIALECTS if d != package)
+        assert f"never `{other}`" in doc, f"{init.relative_to(ROOT)} says it never imports {other}"
+
+
 def test_no_module_is_past_400_lines() -> None:
     long = {
         str(p.relative_to(ROOT)): n
@@ -174,6 +199,16 @@ def test_no_module_is_past_400_lines() -> None:
         ),
         ("runtime/chat/stops.py", "import packager.build", "never imports packager"),
         ("runtime/sources/argsfile.py", "from runtime import modes", "may not import runtime"),
+        (
+            "runtime/serve/ollama/models.py",
+            "from runtime.serve.openai import models",
+            "runtime.serve.ollama may not import runtime.serve.openai",
+        ),
+        (
+            "runtime/serve/openai/routes.py",
+            "from runtime.serve.ollama.facts import VERSION",
+            "runtime.serve.openai may not import runtime.serve.ollama",
+        ),
     ],
 )
 def test_a_wrong_import_is_caught(tmp_path: Path, module: str, line: str, expected: str) -> None:

@@ -273,9 +273,9 @@ def test_a_calls_arguments_stream_as_they_are_written(text: str) -> None:
 
 def test_ollama_replies_use_these_readers() -> None:
     """/api/chat reads replies with the same parser and splitter, in Ollama's call shape."""
-    from runtime.serve import ollama_replies
-    from runtime.serve.ollama_api import messages_of
-    from runtime.serve.ollama_models import Message
+    from runtime.serve.ollama import replies as ollama_replies
+    from runtime.serve.ollama.models import Message
+    from runtime.serve.ollama.routes import messages_of
 
     text = "<think>Paris, then.</think>" + HERMES
     thought, content, found = ollama_replies.whole(text, True, False, KNOWN)

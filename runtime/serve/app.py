@@ -18,8 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.serve import cors, ollama_api, openai_routes, responses, utility_routes
-from runtime.serve.openai_models import APIError
+from runtime.serve import cors, utility_routes
+from runtime.serve.errors import APIError
+from runtime.serve.ollama import routes as ollama_routes
+from runtime.serve.openai import responses
+from runtime.serve.openai import routes as openai_routes
 from runtime.serve.state import ServerState
 
 __all__ = ["ServerState", "chat_page", "create_app", "serve"]
@@ -95,8 +98,8 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(openai_routes.router(state, authorize))
     app.include_router(responses.router(state, authorize))
     app.include_router(utility_routes.router(state, authorize))
-    app.include_router(ollama_api.router(state, authorize))
-    app.add_middleware(ollama_api.JsonBodies)
+    app.include_router(ollama_routes.router(state, authorize))
+    app.add_middleware(ollama_routes.JsonBodies)
     app.add_middleware(cors.CORS, origins=state.cors_origins)
     return app
 

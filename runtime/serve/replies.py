@@ -17,8 +17,8 @@ from fastapi import Request
 from sse_starlette.sse import EventSourceResponse
 
 from runtime.serve import choices
+from runtime.serve.errors import APIError
 from runtime.serve.jobs import Job
-from runtime.serve.openai_models import APIError
 from runtime.serve.service import Busy, Lost, Service
 
 Events = asyncio.Queue[tuple[int, str, Any]]

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from runtime.chat import templates
-from runtime.serve.openai_models import APIError, ChatMessage
-from runtime.serve.openai_routes import messages_of
+from runtime.serve.errors import APIError
+from runtime.serve.openai.models import ChatMessage
+from runtime.serve.openai.routes import messages_of
 from runtime.serve.state import ServerState
 
 

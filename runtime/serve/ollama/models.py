@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.serve.openai_models import Tool
+from runtime.serve.tooldefs import Tool
 
 # pydantic reads these annotations at run time: Optional and Union, not `X | None`, keep the
 # server importable on Python 3.9.

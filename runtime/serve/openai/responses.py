@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from runtime.serve import replies
-from runtime.serve.openai_models import APIError, ChatRequest
-from runtime.serve.openai_routes import chat_jobs
+from runtime.serve.errors import APIError
+from runtime.serve.openai.models import ChatRequest
+from runtime.serve.openai.routes import chat_jobs
 from runtime.serve.state import ServerState
 
 

@@ -1,7 +1,7 @@
 """Ollama's native API (/api/*) on the server's port, over the same generation service.
 
 Requests become the service's Jobs, as the OpenAI routes' do, so both dialects share one
-scheduler; `ollama_replies` turns the service's events into Ollama's NDJSON lines. Errors
+scheduler; `ollama/replies.py` turns the service's events into Ollama's NDJSON lines. Errors
 are `{"error": "..."}` (app.py's handlers give every /api/ path that shape).
 """
 
@@ -15,9 +15,12 @@ from fastapi import APIRouter, Depends, Request
 
 from runtime.chat import reasoning, templates, tools
 from runtime.engine import facts, grammar
-from runtime.serve import ollama_facts, ollama_replies, replies
+from runtime.serve import replies
+from runtime.serve.errors import APIError
 from runtime.serve.jobs import Job, sampling_asked
-from runtime.serve.ollama_models import (
+from runtime.serve.ollama import facts as ollama_facts
+from runtime.serve.ollama import replies as ollama_replies
+from runtime.serve.ollama.models import (
     LOAD_OPTIONS,
     UNSUPPORTED_OPTIONS,
     ChatRequest,
@@ -29,7 +32,6 @@ from runtime.serve.ollama_models import (
     Options,
     ShowRequest,
 )
-from runtime.serve.openai_models import APIError
 
 CONTEXT_HEADER = "X-Context-Length"  # the context a request was answered within
 

@@ -1,4 +1,4 @@
-"""The OpenAI API's request bodies, as pydantic checks them, and the error it answers with."""
+"""The OpenAI API's request bodies, as pydantic checks them."""
 
 from __future__ import annotations
 
@@ -6,19 +6,13 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.serve.tooldefs import Tool
+
 # pydantic reads these annotations at run time: Optional and Union, not `X | None`, keep the
 # server importable on Python 3.9.
 
 
 MAX_STOPS = 16
-
-
-class APIError(Exception):
-    """A request the server refuses: answered with `status` and an OpenAI-style error body."""
-
-    def __init__(self, status: int, message: str, code: str, param: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 class ContentPart(BaseModel):
@@ -43,18 +37,6 @@ class ChatMessage(BaseModel):
     tool_calls: Optional[list[ToolCallIn]] = None
     tool_call_id: Optional[str] = None
     name: Optional[str] = None
-
-
-class FunctionDef(BaseModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    description: Optional[str] = None
-    parameters: Optional[dict[str, Any]] = None
-    strict: Optional[bool] = None
-
-
-class Tool(BaseModel):
-    type: Literal["function"]
-    function: FunctionDef
 
 
 class NamedFunction(BaseModel):

@@ -17,10 +17,10 @@ from runtime.chat import templates, tools
 from runtime.engine import grammar
 from runtime.engine.logprobs import MAX_TOP
 from runtime.serve import choices, replies
+from runtime.serve.errors import APIError
 from runtime.serve.jobs import Job, sampling_asked
-from runtime.serve.openai_models import (
+from runtime.serve.openai.models import (
     MAX_STOPS,
-    APIError,
     ChatMessage,
     ChatRequest,
     CompletionRequest,
