@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -133,6 +135,20 @@ class Loading:
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that SIGINT stays ignored where the process was started
+    ignoring it (`nohup ./m.pyz --server &`): uvicorn installs its own handler either way."""
+
+    def __init__(self, config: uvicorn.Config, sigint_ignored: bool) -> None:
+        super().__init__(config)
+        self.sigint_ignored = sigint_ignored
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if sig == signal.SIGINT and self.sigint_ignored:
+            return
+        super().handle_exit(sig, frame)
+
+
 def serve(
     load: Callable[[], ServerState], sock: socket.socket, host: str, open_browser: bool
 ) -> None:
@@ -141,20 +157,15 @@ def serve(
     Says where on stderr once both the server and the model are ready; an error raised by
     `load` stops the server and is raised here.
     """
-    import signal
     import sys
     import threading
-
-    import uvicorn
 
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{bound}"
     loading = Loading()
     config = uvicorn.Config(loading, log_level="warning", access_log=False, lifespan="off")
-    server = _server_class()(
-        config, sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    )
+    server = _Server(config, sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
     ready: list[ServerState] = []
     failed: list[BaseException] = []
 
@@ -188,27 +199,6 @@ def serve(
     if failed:
         raise failed[0]
     worker.join(timeout=0)
-
-
-def _server_class() -> Any:
-    import signal
-
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, except that SIGINT stays ignored where the process was started
-        ignoring it (`nohup ./m.pyz --server &`): uvicorn installs its own handler either way."""
-
-        def __init__(self, config: Any, sigint_ignored: bool) -> None:
-            super().__init__(config)
-            self.sigint_ignored = sigint_ignored
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if sig == signal.SIGINT and self.sigint_ignored:
-                return
-            super().handle_exit(sig, frame)
-
-    return Server
 
 
 def _open_browser(url: str) -> None:
