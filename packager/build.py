@@ -1,4 +1,4 @@
-"""`pack build`: lay out shebang, padding, the GGUF (streamed), then the runtime zipapp."""
+"""`pack build`: lay out shebang, padding, the GGUFs (streamed), then the runtime zipapp."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
 
-from packager import memo, runtime_zip
+from packager import extras, memo, runtime_zip
 from packager.errors import PackError
 from packager.gguf_facts import check_magic, read_facts
 from runtime.file.archive import (
@@ -210,14 +210,58 @@ def _facts(model: Path, expected: Optional[Expected]) -> dict[str, Any]:
         raise
 
 
-def _check_output(model: Optional[Path], output: Path) -> None:
+def _check_output(inputs: dict[str, Optional[Path]], output: Path) -> None:
     if output.exists() and output.is_dir():
         raise PackError(f"{output} is a directory: give a file name with -o")
-    if model is not None and output.exists() and os.path.samefile(model, output):
-        raise PackError(f"the output {output} is the input model: choose another -o")
+    for role, given in inputs.items():
+        if given and output.exists() and given.exists() and os.path.samefile(given, output):
+            raise PackError(f"the output {output} is the input {role}: choose another -o")
     parent = output.parent
     if not parent.is_dir():
         raise PackError(f"cannot write {output}: the directory {parent} does not exist")
+
+
+@dataclass
+class _Input:
+    """One GGUF to embed: what was learned of it before a byte of the output is written."""
+
+    role: str
+    path: Path
+    filename: str
+    before: os.stat_result
+    known: Optional[dict[str, Any]]  # the memo's sha256 and facts, where it had them
+    facts: dict[str, Any]  # its header's facts (read_facts)
+    size: int
+    expected: Optional[Expected] = None
+    entry_facts: dict[str, Any] = field(default_factory=dict)  # kept in its manifest entry
+
+
+def _take(
+    role: str, path: Path, filename: str, expected: Optional[Expected], cache: Path
+) -> _Input:
+    check_magic(path)  # a missing file, a folder, not a GGUF: said plainly
+    try:
+        before = path.stat()
+    except OSError as exc:
+        raise PackError(f"cannot read {path}: {exc.strerror}") from None
+    known = memo.recall(cache, before)
+    if known is not None and expected is not None:
+        expected.check(known["sha256"])
+    facts = dict(known["facts"]) if known else _facts(path, expected)
+    size = int(facts.pop("file_size"))
+    return _Input(role, path, filename, before, known, facts, size, expected)
+
+
+def _extra(role: str, path: Path, model: Path, cache: Path) -> _Input:
+    """A draft model or a projector, checked against `model` (the streaming check runs too)."""
+    part = _take(role, path, path.name, None, cache)
+    if role == "draft":
+        extras.check_draft(model, path)
+        keep = ("name", "architecture", "parameters", "quantization")
+        part.entry_facts = {k: part.facts[k] for k in keep if part.facts.get(k) is not None}
+    else:
+        part.entry_facts = extras.check_projector(model, path)
+    return part
 
 
 def _write_error(output: Path, exc: OSError) -> PackError:
@@ -240,28 +284,25 @@ def build_pyz(
     cache: Optional[Path] = None,
     expected: Optional[Expected] = None,
     gpu: str = "default",
+    draft: Optional[Path] = None,
+    projector: Optional[Path] = None,
 ) -> BuildResult:
-    """Write `output`: the runtime, plus `model`'s weights unless `model` is None.
+    """Write `output`: the runtime, plus `model`'s weights unless `model` is None, and the
+    `draft` model and vision `projector` where given, each checked against the model.
 
-    The weights' sha256 is computed while they are copied, unless an earlier build of the
-    same, unchanged file remembered it (`packager.memo`); `expected` is checked against it."""
-    _check_output(model, output)
+    Each GGUF's sha256 is computed while it is copied, unless an earlier build of the same,
+    unchanged file remembered it (`packager.memo`); `expected` is checked against the model's."""
+    given = {"draft": draft, "projector": projector}
+    wanted = [(role, path) for role, path in given.items() if path is not None]
+    if wanted and model is None:
+        raise PackError("a draft model or a projector needs a model to go with")
+    _check_output({"model": model, **given}, output)
     cache = cache or cache_dir()
-    known: Optional[dict[str, Any]] = None
-    before: Optional[os.stat_result] = None
-    facts: dict[str, Any] = {}
-    learned: dict[str, Any] = {}
+    inputs: list[_Input] = []
     if model is not None:
-        check_magic(model)  # a missing file, a folder, not a GGUF: said plainly
-        try:
-            before = model.stat()
-        except OSError as exc:
-            raise PackError(f"cannot read {model}: {exc.strerror}") from None
-        known = memo.recall(cache, before)
-        if known is not None and expected is not None:
-            expected.check(known["sha256"])
-        facts = dict(known["facts"]) if known else _facts(model, expected)
-        learned = dict(facts)
+        inputs.append(_take("model", model, filename or model.name, expected, cache))
+        inputs += [_extra(role, path, model, cache) for role, path in wanted]
+    facts = dict(inputs[0].facts) if inputs else {}
     facts.update(model_extra or {})
     rz = runtime_zip.build(cache, pythons, gpu)
     build_info = {
@@ -282,26 +323,17 @@ def build_pyz(
     try:
         with _sigterm_interrupts(), open(fd, "w+b", buffering=0) as out:
             out.write(preamble(rz.pythons))
-            weights = None
-            if model is not None:
-                offset = ALIGNMENT
+            ggufs = []
+            offset = ALIGNMENT
+            for part in inputs:  # each GGUF at the next 64 KiB boundary, the zip after the last
                 write_padding(out, offset)
-                size = int(facts.pop("file_size"))
-                progress = _Progress(f"writing {output.name}", size)
-                if known is not None:
-                    _copy(model, out, size, progress)
-                    sha = str(known["sha256"])
-                else:
-                    sha = _copy_and_hash(model, out, size, progress)
-                    if expected is not None:
-                        expected.check(sha)
-                weights = Weights(
-                    offset=offset, size=size, sha256=sha, filename=filename or model.name
-                )
-                out.seek(offset + size)
+                ggufs.append(_write_gguf(part, out, offset, output))
+                out.seek(offset + part.size)
+                offset = align_up(offset + part.size)
+            if ggufs:
                 write_padding(out, align_up(out.tell(), 16))
             manifest = Manifest(
-                weights=weights,
+                ggufs=tuple(ggufs),
                 model=facts,
                 args=list(args or []),
                 build=build_info,
@@ -317,8 +349,10 @@ def build_pyz(
         mode = 0o777 & ~_umask()
         os.chmod(tmp, mode)
         os.replace(tmp, output)
-        if model is not None and before is not None and known is None and weights is not None:
-            memo.remember(cache, model, before, weights.sha256, learned)
+        for part, entry in zip(inputs, ggufs):
+            if part.known is None:
+                learned = dict(part.facts, file_size=part.size)
+                memo.remember(cache, part.path, part.before, entry.sha256, learned)
     except (KeyboardInterrupt, _Interrupted):
         tmp.unlink(missing_ok=True)
         raise PackError(f"interrupted: {output} was not written") from None
@@ -329,6 +363,27 @@ def build_pyz(
         tmp.unlink(missing_ok=True)
         raise
     return BuildResult(path=output, size=end, manifest=manifest)
+
+
+def _write_gguf(part: _Input, out: BinaryIO, offset: int, output: Path) -> Weights:
+    """Copy one GGUF to `out` at `offset` (the position), hashing it unless the memo knows it."""
+    label = f"writing {output.name}" if part.role == "model" else f"writing the {part.role}"
+    progress = _Progress(label, part.size)
+    if part.known is not None:
+        _copy(part.path, out, part.size, progress)
+        sha = str(part.known["sha256"])
+    else:
+        sha = _copy_and_hash(part.path, out, part.size, progress)
+        if part.expected is not None:
+            part.expected.check(sha)
+    return Weights(
+        offset=offset,
+        size=part.size,
+        sha256=sha,
+        filename=part.filename,
+        role=part.role,
+        facts=part.entry_facts,
+    )
 
 
 def _umask() -> int:

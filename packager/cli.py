@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
@@ -52,6 +52,16 @@ def cli() -> None:
     type=click.Choice(["none", "vulkan", "cuda"]),
     help="GPU backends to carry: vulkan (the default, when built), cuda (adds CUDA), none.",
 )
+@click.option(
+    "--draft",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A draft model for speculative decoding, carried in the file (same vocabulary).",
+)
+@click.option(
+    "--mmproj",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The model's vision projector (an mmproj GGUF), carried in the file.",
+)
 def build(
     model: Optional[str],
     run_args: tuple[str, ...],
@@ -61,6 +71,8 @@ def build(
     args_file: Optional[Path],
     pythons: str,
     gpu: Optional[str],
+    draft: Optional[Path],
+    mmproj: Optional[Path],
 ) -> None:
     """Bundle MODEL (a .gguf, or ollama:NAME[:TAG]) and the runtime into one executable file.
 
@@ -73,6 +85,11 @@ def build(
         raise click.UsageError("give either MODEL or --no-weights, not both")
     if not no_weights and model is None:
         raise click.UsageError("missing MODEL (a .gguf file), or --no-weights for the bare runtime")
+    if no_weights and (draft or mmproj):
+        raise click.UsageError(
+            "--draft and --mmproj go with a MODEL: the bare runtime (--no-weights) has no "
+            "model to check them against"
+        )
     from packager.abis import parse_versions
 
     try:
@@ -104,6 +121,8 @@ def build(
             pythons=versions,
             expected=source.expected if source else None,
             gpu=gpu or "default",
+            draft=draft,
+            projector=mmproj,
         )
     except PackError as exc:
         raise click.ClickException(str(exc)) from None
@@ -204,6 +223,8 @@ def inspect(pyz: Path, as_json: bool) -> None:
         click.echo(f"context length: {m.get('context_length')}")
         click.echo(f"chat template:  {'yes' if m.get('chat_template') else 'no'}")
         click.echo(f"license:        {m.get('license') or 'not stated'}")
+    for g in manifest.ggufs[1:]:
+        _show_extra(g)
     if manifest.args:
         click.echo(f"default args:   {' '.join(manifest.args)}")
     baked = manifest.defaults.get("chat_template")
@@ -219,30 +240,55 @@ def inspect(pyz: Path, as_json: bool) -> None:
     click.echo(f"runs on:        CPython {', '.join(b.get('pythons', []))} (Linux x86-64)")
 
 
+def _show_extra(g: Any) -> None:
+    """A draft model's or projector's lines in `pack inspect`."""
+    from packager.build import human
+
+    f = g.facts
+    click.echo(f"{g.role + ':':<16}{g.filename}, {human(g.size)} at offset {g.offset}")
+    click.echo(f"  sha256:       {g.sha256}")
+    if g.role == "draft":
+        click.echo(
+            f"  model:        {f.get('name')} ({f.get('architecture')}, "
+            f"{_count(f.get('parameters'))} parameters, {f.get('quantization')})"
+        )
+    elif g.role == "projector":
+        size = f.get("image_size")
+        width = f.get("output_width")
+        details = [f"images {size} px" if size else "", f"output width {width}" if width else ""]
+        shown = ", ".join(d for d in details if d)
+        click.echo(f"  type:         {f.get('projector_type')}" + (f" ({shown})" if shown else ""))
+
+
 @cli.command()
 @click.argument("pyz", type=click.Path(path_type=Path))
 def verify(pyz: Path) -> None:
-    """Recompute the weights' sha256, compare it with the manifest, and check the GGUF."""
+    """Recompute each GGUF's sha256, compare it with the manifest, and check the GGUF."""
     from runtime.file.archive import ArchiveError, Manifest, hash_range
+    from runtime.file.gguf_check import GGUFError, check
 
     manifest = _manifest(pyz)
     assert isinstance(manifest, Manifest)
-    w = manifest.weights
-    if w is None:
+    if manifest.weights is None:
         click.echo(f"{pyz}: no weights to verify (bare runtime)", err=True)
         return
-    try:
-        digest = hash_range(pyz, w.offset, w.size)
-    except (ArchiveError, OSError) as exc:
-        raise click.ClickException(f"{pyz}: {exc}") from None
-    if digest != w.sha256:
-        raise click.ClickException(
-            f"{pyz}: the weights are damaged (sha256 {digest}, the manifest says {w.sha256})"
-        )
-    from runtime.file.gguf_check import GGUFError, check
-
-    try:  # a file built before the check existed may hold a GGUF llama.cpp chokes on
-        check(pyz, w.offset, w.size, f"{pyz} (embedded {w.filename})")
-    except GGUFError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"{pyz}: weights ok (sha256 {digest}; the GGUF passes the check)", err=True)
+    said = []  # said once every GGUF passed: a failure is then the one line
+    for g in manifest.ggufs:
+        try:
+            digest = hash_range(pyz, g.offset, g.size)
+        except (ArchiveError, OSError) as exc:
+            raise click.ClickException(f"{pyz}: {exc}") from None
+        if digest != g.sha256:
+            verb = "are" if g.role == "model" else "is"
+            raise click.ClickException(
+                f"{pyz}: {g.what} {verb} damaged (sha256 {digest}, the manifest says {g.sha256})"
+            )
+        shown = g.filename if g.role == "model" else f"{g.role} {g.filename}"
+        try:  # a file built before the check existed may hold a GGUF llama.cpp chokes on
+            check(pyz, g.offset, g.size, f"{pyz} (embedded {shown})")
+        except GGUFError as exc:
+            raise click.ClickException(str(exc)) from None
+        what = "weights" if g.role == "model" else g.what.removeprefix("the ")
+        said.append(f"{pyz}: {what} ok (sha256 {digest}; the GGUF passes the check)")
+    for line in said:
+        click.echo(line, err=True)

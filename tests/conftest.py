@@ -56,6 +56,7 @@ def write_tiny_gguf(
     chat_template: str | None = None,
     seed: int = 2,
     extra_tokens: list[str] | None = None,
+    vision_keys: bool = False,
 ) -> Path:
     """A runnable llama model: 2 layers, 64 wide, random F32 weights, an ASCII SentencePiece vocab."""
     import gguf
@@ -105,6 +106,8 @@ def write_tiny_gguf(
     writer.add_eos_token_id(2)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    if vision_keys:  # a vision tower merged into the model, as Ollama's newer blobs have it
+        writer.add_uint32("llama.vision.block_count", 1)
 
     def weight(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
@@ -130,6 +133,47 @@ def write_tiny_gguf(
         writer.add_tensor(p + "ffn_gate.weight", weight(n_ff, n_embd))
         writer.add_tensor(p + "ffn_up.weight", weight(n_ff, n_embd))
         writer.add_tensor(p + "ffn_down.weight", weight(n_embd, n_ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_tiny_projector(path: Path, *, width: int = 64, architecture: str = "clip") -> Path:
+    """A small mlp vision projector (LLaVA's shape) with random weights, whose output is `width`
+    wide; the keys and their GGUF types are those tools/mtmd/clip.cpp reads (a wrong type aborts)."""
+    import gguf
+
+    rng = np.random.default_rng(7)
+    n_embd, n_ff, image, patch = 32, 64, 32, 8
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name("tiny-projector")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_uint32("clip.vision.image_size", image)
+    writer.add_uint32("clip.vision.patch_size", patch)
+    writer.add_uint32("clip.vision.embedding_length", n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", n_ff)
+    writer.add_uint32("clip.vision.block_count", 1)
+    writer.add_uint32("clip.vision.attention.head_count", 2)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    writer.add_uint32("clip.vision.projection_dim", width)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    writer.add_bool("clip.use_gelu", True)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    n_patches = (image // patch) ** 2
+    writer.add_tensor("v.patch_embd.weight", weight(n_embd, 3, patch, patch).astype(np.float16))
+    writer.add_tensor("v.position_embd.weight", weight(n_patches + 1, n_embd))
+    writer.add_tensor("v.class_embd", weight(n_embd))
+    writer.add_tensor("mm.0.weight", weight(width, n_embd))
+    writer.add_tensor("mm.0.bias", weight(width))
+    writer.add_tensor("mm.2.weight", weight(width, width))
+    writer.add_tensor("mm.2.bias", weight(width))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -38,7 +38,7 @@ def test_manifest_pointing_past_the_end(tiny_pyz: Path, tmp_path: Path) -> None:
     damaged.chmod(0o755)
     with zipfile.ZipFile(damaged) as zf:
         manifest = json.loads(zf.read(MANIFEST_NAME))
-    manifest["weights"]["size"] = 10**12
+    manifest["ggufs"][0]["size"] = 10**12
     with warnings.catch_warnings(), zipfile.ZipFile(damaged, "a") as zf:
         warnings.simplefilter("ignore")  # the later copy of a duplicate name is the one read
         zf.writestr(MANIFEST_NAME, json.dumps(manifest))

@@ -1,5 +1,8 @@
-"""The single-file layout: shebang, padding, the GGUF at an aligned offset, then a zipapp.
+"""The single-file layout: shebang, padding, the GGUFs at aligned offsets, then a zipapp.
 
+The model's GGUF comes first, at 64 KiB; a draft model and a vision projector, where the file
+carries them, follow it, each at the next 64 KiB boundary; the zip comes last, so its own
+offsets stay small. The manifest lists every GGUF by role with its offset, size and sha256.
 Both the packager (which writes it) and the runtime (which reads it) use this module, so
 `pack inspect` reads a .pyz without executing it.
 """
@@ -15,7 +18,10 @@ from typing import Any, BinaryIO, Callable, Optional
 
 ALIGNMENT = 64 * 1024
 MANIFEST_NAME = "llamapyz.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: `ggufs`, every GGUF by role (1: the model's `weights` alone)
+# The roles a GGUF plays in the file, in the order they are laid out, and how messages name them
+ROLES = ("model", "draft", "projector")
+ROLE_NAMES = {"model": "weights", "draft": "draft model", "projector": "vision projector"}
 # The file starts as a POSIX sh script: it refuses a file cut short, finds a Python, and
 # execs it on a small launcher that checks the Python version and platform and that the zip
 # is still there (Python would otherwise try to run the binary as source), then runs the
@@ -80,45 +86,69 @@ def align_up(offset: int, alignment: int = ALIGNMENT) -> int:
 
 @dataclass(frozen=True)
 class Weights:
-    """Where the embedded GGUF lies inside the .pyz."""
+    """Where one embedded GGUF lies inside the .pyz, and the role it plays there."""
 
     offset: int
     size: int
     sha256: str
     filename: str
+    role: str = "model"
+    facts: dict[str, Any] = field(default_factory=dict)  # a draft's or projector's, read at build
+
+    @property
+    def what(self) -> str:
+        """How messages name it: "the weights", "the draft model", "the vision projector"."""
+        return "the " + ROLE_NAMES.get(self.role, self.role)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "offset": self.offset,
             "size": self.size,
             "sha256": self.sha256,
             "filename": self.filename,
         }
+        if self.facts:
+            data["facts"] = self.facts
+        return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Weights:
+    def from_json(cls, data: dict[str, Any], role: str = "model") -> Weights:
         return cls(
             offset=int(data["offset"]),
             size=int(data["size"]),
             sha256=str(data["sha256"]),
             filename=str(data.get("filename", "")),
+            role=str(data.get("role", role)),
+            facts=dict(data.get("facts") or {}),
         )
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """What `pack build` records about a .pyz: the weights, the model's facts, provenance."""
+    """What `pack build` records about a .pyz: its GGUFs, the model's facts, provenance."""
 
-    weights: Optional[Weights]
+    ggufs: tuple[Weights, ...]
     model: dict[str, Any]
     args: list[str]
     build: dict[str, Any]
     defaults: dict[str, Any] = field(default_factory=dict)  # chat template, system prompt …
 
+    @property
+    def weights(self) -> Optional[Weights]:
+        """The model's GGUF, or None for the bare runtime."""
+        return self.gguf("model")
+
+    def gguf(self, role: str) -> Optional[Weights]:
+        """The GGUF that plays `role` ("model", "draft", "projector"), if the file carries one."""
+        return next((g for g in self.ggufs if g.role == role), None)
+
     def to_json(self) -> dict[str, Any]:
+        weights = self.weights
         return {
             "format": MANIFEST_FORMAT,
-            "weights": self.weights.to_json() if self.weights else None,
+            # the model's entry again, where a runtime of format 1 looks for it (`-m new.pyz`)
+            "weights": weights.to_json() if weights else None,
+            "ggufs": [{"role": g.role, **g.to_json()} for g in self.ggufs],
             "model": self.model,
             "args": self.args,
             "defaults": self.defaults,
@@ -127,9 +157,16 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        weights = data.get("weights")
+        if "ggufs" in data:
+            ggufs = tuple(Weights.from_json(g) for g in data["ggufs"] or [])
+        else:  # format 1: the model's GGUF alone
+            weights = data.get("weights")
+            ggufs = (Weights.from_json(weights),) if weights else ()
+        roles = [g.role for g in ggufs]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"a role appears twice among {roles}")
         return cls(
-            weights=Weights.from_json(weights) if weights else None,
+            ggufs=ggufs,
             model=dict(data.get("model") or {}),
             args=[str(a) for a in data.get("args") or []],
             build=dict(data.get("build") or {}),
@@ -138,7 +175,7 @@ class Manifest:
 
 
 def read_manifest(path: Path) -> Manifest:
-    """Read a .pyz's manifest from its zip, checking that the weights lie inside the file."""
+    """Read a .pyz's manifest from its zip, checking that each GGUF lies inside the file."""
     try:
         with zipfile.ZipFile(path) as zf:
             raw = zf.read(MANIFEST_NAME)
@@ -156,19 +193,24 @@ def read_manifest(path: Path) -> Manifest:
         manifest = Manifest.from_json(json.loads(raw))
     except (ValueError, KeyError, TypeError) as exc:
         raise ArchiveError(f"{path} has a damaged manifest ({exc})") from None
-    weights = manifest.weights
-    if weights is not None:
+    if manifest.ggufs:
         size = path.stat().st_size
-        if weights.offset % ALIGNMENT or weights.offset + weights.size > size:
-            raise ArchiveError(
-                f"{path} is damaged: its manifest places the weights at bytes "
-                f"{weights.offset}-{weights.offset + weights.size}, but the file has {size} bytes"
-            )
         with path.open("rb") as fh:
-            fh.seek(weights.offset)
-            if fh.read(4) != GGUF_MAGIC:
-                raise ArchiveError(f"{path} is damaged: no GGUF at offset {weights.offset}")
+            for g in manifest.ggufs:
+                if g.offset % ALIGNMENT or g.offset + g.size > size:
+                    raise ArchiveError(
+                        f"{path} is damaged: its manifest places {g.what} at bytes "
+                        f"{g.offset}-{g.offset + g.size}, but the file has {size} bytes"
+                    )
+                fh.seek(g.offset)
+                if fh.read(4) != GGUF_MAGIC:
+                    raise ArchiveError(f"{path} is damaged: no GGUF at offset {g.offset}")
     return manifest
+
+
+def locate(path: Path, role: str) -> Optional[Weights]:
+    """Where the GGUF playing `role` lies in the .pyz at `path` (offset, size), or None."""
+    return read_manifest(path).gguf(role)
 
 
 def hash_range(
@@ -184,7 +226,7 @@ def hash_range(
         while left:
             n = fh.readinto(view[: min(CHUNK, left)])
             if not n:
-                raise ArchiveError(f"{path} ends {left} bytes before the end of its weights")
+                raise ArchiveError(f"{path} ends {left} bytes before the end of its GGUF")
             digest.update(view[:n])
             left -= n
             if progress:

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Optional
 
 from runtime.file import gguf_memo
-from runtime.file.archive import GGUF_MAGIC, MANIFEST_NAME, ArchiveError, read_manifest
+from runtime.file.archive import (
+    GGUF_MAGIC,
+    MANIFEST_NAME,
+    ROLE_NAMES,
+    ArchiveError,
+    read_manifest,
+)
 from runtime.file.gguf_check import GGUFError
 from runtime.sources.source import ModelSource
 
@@ -22,22 +28,25 @@ class WeightsError(Exception):
     """The requested weights cannot be found or are not a model."""
 
 
-def embedded(pyz: Path) -> ModelSource:
-    """The weights carried by the .pyz at `pyz`."""
+def embedded(pyz: Path, role: str = "model") -> ModelSource:
+    """The GGUF playing `role` ("model", "draft", "projector") in the .pyz at `pyz`."""
     try:
         manifest = read_manifest(pyz)
     except ArchiveError as exc:
         raise WeightsError(str(exc)) from None
-    if manifest.weights is None:
-        raise WeightsError(
-            f"{pyz.name} carries no weights (built with --no-weights): give a model with -m"
-        )
-    w = manifest.weights
+    w = manifest.gguf(role)
+    if w is None:
+        if role == "model":
+            raise WeightsError(
+                f"{pyz.name} carries no weights (built with --no-weights): give a model with -m"
+            )
+        raise WeightsError(f"{pyz.name} carries no {ROLE_NAMES.get(role, role)}")
+    shown = w.filename if role == "model" else f"{role} {w.filename}"
     return ModelSource(
         path=pyz,
         offset=w.offset,
         size=w.size,
-        label=f"{pyz.name} (embedded {w.filename})",
+        label=f"{pyz.name} (embedded {shown})",
         filename=w.filename,
     )
 
