@@ -170,6 +170,28 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
     help="Flash attention: auto is llama.cpp's choice, but off with layers on a Vulkan device "
     "(llama.cpp's Vulkan flash attention can crash with several requests at once).",
 )
+@click.option(
+    "--spec-type",
+    type=click.Choice(["auto", "none", "ngram", "ngram-simple", "ngram-mod", "ngram-cache"]),
+    default=settings.SPEC_TYPE,
+    show_default=True,
+    help="Speculative decoding: ngram drafts from the prompt and output (-p and chat); "
+    "auto is ngram, and none with --server.",
+)
+@click.option(
+    "--spec-draft-n-max",
+    type=click.IntRange(min=1),
+    default=settings.SPEC_DRAFT_N_MAX,
+    show_default=True,
+    help="The longest draft verified in one step.",
+)
+@click.option(
+    "--spec-draft-n-min",
+    type=click.IntRange(min=0),
+    default=settings.SPEC_DRAFT_N_MIN,
+    show_default=True,
+    help="Drafts shorter than this are not verified.",
+)
 @click.option("--rpc", "rpc_workers", help="Split the model over RPC workers: HOST:PORT,HOST:PORT.")
 @click.option(
     "--tensor-split",
@@ -273,6 +295,11 @@ def main(**kw: Any) -> None:
             raise click.UsageError("give either --server or --cli, not both")
         if opts.server and (opts.chat or opts.prompt is not None):
             raise click.UsageError("--server serves requests: it takes no -p or --chat")
+        if opts.server and opts.spec_type.lower() not in ("auto", "none"):
+            raise click.UsageError(
+                f"--spec-type {opts.spec_type}: the server does not speculate yet "
+                "(use it with -p or chat)"
+            )
         if opts.grammar_file and opts.json_schema:
             raise click.UsageError("give either --grammar or --json-schema, not both")
         source = weights.resolve(opts.model, archive())
@@ -298,12 +325,15 @@ def main(**kw: Any) -> None:
             )
             return
         with modes.open_model(opts, source, offload, choice) as llm:
+            modes.speculate(llm, opts)
             if opts.embedding:
                 click.echo(json.dumps(llm.embed(text)))
             elif chatting:
                 modes.chat(llm, opts, grammar_text)
             else:
                 modes.complete(llm, text, opts, grammar_text)
+                if opts.verbose and llm.speculation is not None:
+                    click.echo(llm.speculation.summary(), err=True)
     except (
         weights.WeightsError,
         engine.EngineError,

@@ -38,6 +38,17 @@ def complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) ->
         out.write("\n")
 
 
+def speculate(llm: Any, opts: Options) -> None:
+    """Give the model the drafter -p and chat use (none where its memory cannot roll back)."""
+    from runtime.engine import speculate as spec
+
+    llm.speculation = spec.for_run(opts.spec_type, opts.spec_draft_n_max, opts.spec_draft_n_min)
+    if llm.speculation is not None and not spec.can_roll_back(llm):
+        llm.speculation = None
+        if opts.verbose:
+            click.echo("speculation: off (this model's memory cannot drop draft tokens)", err=True)
+
+
 def chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
     from runtime.chat import conversation as chat
     from runtime.chat import templates
@@ -313,6 +324,19 @@ def print_system_info(
     click.echo("devices:")
     for line in rpc.devices_summary():
         click.echo(f"  {line}")
+    if opts is not None:
+        from runtime.engine.speculate import chosen
+
+        used = chosen(opts.spec_type, opts.server)
+        click.echo(
+            f"speculation: {used}"
+            + (
+                f" (n-gram prompt lookup, drafts up to {opts.spec_draft_n_max} tokens, for -p "
+                "and chat; the server does not speculate yet)"
+                if used == "ngram"
+                else " (--spec-type none, or --server)"
+            )
+        )
 
 
 def gpu_info(opts: Options, choice: Any) -> None:

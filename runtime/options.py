@@ -30,6 +30,9 @@ class Options:
     main_gpu: Optional[int]
     split_mode: str
     flash_attn: str
+    spec_type: str
+    spec_draft_n_max: int
+    spec_draft_n_min: int
     rpc_workers: Optional[str]
     tensor_split: Optional[str]
     rpc_local: bool

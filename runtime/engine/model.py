@@ -150,6 +150,7 @@ class Model:
         self.produced = 0  # tokens the last generate() made
         self.finish_reason = "stop"  # why it ended: "stop" (end of text) or "length"
         self._n_threads = n_threads
+        self.speculation: Any = None  # engine.speculate.Speculation: generate() drafts with it
 
     def meta(self, key: str) -> Optional[str]:
         """A GGUF metadata value as text, or None."""
@@ -300,6 +301,11 @@ class Model:
             raise EngineError(
                 f"the prompt is {len(prompt)} tokens, longer than the context of {self.n_ctx} (raise -c)"
             )
+        if self.speculation is not None:
+            from runtime.engine import speculate
+
+            yield from speculate.generate(self, prompt, n_predict, sampling, self.speculation)
+            return
         sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.produced = 0

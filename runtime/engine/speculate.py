@@ -1,0 +1,235 @@
+"""Speculative decoding for one sequence: a drafter guesses, one batch verifies.
+
+Each step decodes [last token, *draft] in one llama_decode with logits on every position,
+then samples with the request's own chain at each position and keeps the draft while the
+sample equals it (llama.cpp's common_sampler_sample_and_accept_n rule): the first sample
+that differs is the next token itself. The rejected positions leave the memory again, so
+the model's token list stays equal to what its context holds (chat reuses that prefix).
+The sampler sees exactly the tokens a plain run would, one sample per emitted token, so
+the same seed gives the same text; only a near-tie that a batched kernel rounds the other
+way can differ.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+from runtime.engine import settings
+from runtime.engine.backend import EngineError
+
+# llama-server's names for its n-gram modes; they all mean prompt lookup here.
+NGRAM_NAMES = ("ngram", "ngram-simple", "ngram-mod", "ngram-cache")
+SPEC_TYPES = ("auto", "none", *NGRAM_NAMES)
+
+
+class Drafter(Protocol):
+    """What guesses the next tokens: propose a draft, then hear how much of it was kept."""
+
+    def propose(self, tokens: Sequence[int], n_max: int) -> list[int]: ...
+
+    def accepted(self, n: int) -> None: ...
+
+
+class NgramDrafter:
+    """Prompt lookup: the tokens that followed the latest earlier copy of the text's tail.
+
+    The draft starts short, grows while it is kept whole, shrinks after a miss, and after
+    several drafts in a row that were not kept at all, drafting pauses for a while (longer
+    each time), so free-form text costs little more than plain decoding.
+    """
+
+    def __init__(
+        self, n_max: int = settings.SPEC_DRAFT_N_MAX, n_min: int = settings.SPEC_DRAFT_N_MIN
+    ) -> None:
+        self.n_max = max(1, n_max)
+        self.n_min = n_min
+        self.length = min(settings.SPEC_DRAFT_START, self.n_max)
+        self._last = 0  # the length of the last draft proposed
+        self._misses = 0  # drafts in a row of which nothing was kept
+        self._pause = 0  # steps left without drafting
+        self._pauses = 0  # pauses so far (each is longer)
+
+    def propose(self, tokens: Sequence[int], n_max: int) -> list[int]:
+        self._last = 0
+        if self._pause > 0:
+            self._pause -= 1
+            return []
+        want = min(self.length, self.n_max, n_max)
+        if want <= 0:
+            return []
+        draft = lookup(tokens, want)
+        if len(draft) < max(1, self.n_min):
+            return []
+        self._last = len(draft)
+        return draft
+
+    def accepted(self, n: int) -> None:
+        if self._last == 0:
+            return
+        if n >= self._last:
+            self.length = min(self.n_max, self.length * 2)
+            self._misses = 0
+        elif n == 0:
+            self.length = max(1, self.length // 2)
+            self._misses += 1
+            if self._misses >= settings.SPEC_MISSES_BEFORE_PAUSE:
+                self._pauses += 1
+                self._pause = settings.SPEC_PAUSE * self._pauses
+                self._misses = 0
+        else:
+            self.length = max(1, n + 1)
+            self._misses = 0
+
+
+def lookup(tokens: Sequence[int], want: int) -> list[int]:
+    """Up to `want` tokens that followed the latest earlier occurrence of the longest tail
+    n-gram (settings.SPEC_NGRAM_MAX down to SPEC_NGRAM_MIN tokens)."""
+    size = len(tokens)
+    for n in range(settings.SPEC_NGRAM_MAX, settings.SPEC_NGRAM_MIN - 1, -1):
+        if size <= n:
+            continue
+        tail = list(tokens[size - n :])
+        first = tail[0]
+        # Latest start first: text being copied is usually the text copied most recently.
+        for start in range(size - n - 1, -1, -1):
+            if tokens[start] == first and list(tokens[start : start + n]) == tail:
+                return list(tokens[start + n : start + n + want])
+    return []
+
+
+@dataclass
+class Speculation:
+    """How a Model drafts in generate(), and what the last generate() drafted and kept."""
+
+    drafter: Drafter
+    name: str = "ngram"
+    drafted: int = 0
+    accepted: int = 0
+    steps: int = 0
+    said: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = f"{100.0 * self.accepted / self.drafted:.0f}%" if self.drafted else "n/a"
+        return (
+            f"speculation ({self.name}): drafted {self.drafted} tokens, accepted "
+            f"{self.accepted} ({rate}) in {self.steps} verify steps"
+        )
+
+
+def chosen(spec_type: str, server: bool) -> str:
+    """What --spec-type means for a run: "ngram" or "none"."""
+    name = spec_type.lower()
+    if name == "auto":
+        return "none" if server else "ngram"
+    return "ngram" if name in NGRAM_NAMES else "none"
+
+
+def for_run(spec_type: str, n_max: int, n_min: int) -> Optional[Speculation]:
+    """The Speculation a one-shot or chat run uses, or None."""
+    if chosen(spec_type, server=False) == "none":
+        return None
+    return Speculation(NgramDrafter(n_max, n_min))
+
+
+def can_roll_back(model: Any) -> bool:
+    """Whether the model's memory can drop the tail of a sequence (recurrent memory cannot)."""
+    C = model._C
+    for name in ("llama_model_is_recurrent", "llama_model_is_hybrid"):
+        fn = getattr(C, name, None)
+        if fn is not None and fn(model._model):
+            return False
+    return True
+
+
+def generate(
+    model: Any, prompt: list[int], n_predict: int, sampling: Any, spec: Speculation
+) -> Iterator[str]:
+    """Model.generate with drafts verified in batches; the same text, in fewer decodes."""
+    C = model._C
+    ctx = model._ctx
+    memory = C.llama_get_memory(ctx)
+    sampler = model._sampler(sampling)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    spec.drafted = spec.accepted = spec.steps = 0
+    model.produced = 0
+    model.finish_reason = "length"
+    n_ctx = model.n_ctx
+    cap = min(model.n_batch, n_ctx)
+    batch = C.llama_batch_init(cap, 0, 1)
+    history = list(prompt)  # the prompt and every emitted token
+    try:
+        model._prefill(prompt)
+        token = int(C.llama_sampler_sample(sampler, ctx, -1))
+        while True:
+            if C.llama_vocab_is_eog(model._vocab, token):
+                model.finish_reason = "stop"
+                break
+            model.produced += 1
+            history.append(token)
+            text = decoder.decode(model.piece(token))
+            if text:
+                yield text
+            if 0 <= n_predict <= model.produced:
+                break
+            base = len(model._cached)  # `token` goes at this position
+            if base + 1 >= n_ctx:
+                break
+            limit = min(cap - 1, n_ctx - 2 - base)
+            if n_predict >= 0:
+                limit = min(limit, n_predict - model.produced - 1)
+            draft = spec.drafter.propose(history, limit)[: max(0, limit)] if limit > 0 else []
+            step = [token, *draft]
+            for i, t in enumerate(step):
+                batch.token[i] = t
+                batch.pos[i] = base + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            batch.n_tokens = len(step)
+            rc = C.llama_decode(ctx, batch)
+            if rc != 0:
+                model._cached = []
+                raise EngineError(f"llama.cpp failed to decode (code {rc})")
+            model._cached += step
+            if draft:
+                spec.steps += 1
+                spec.drafted += len(draft)
+            kept = 0  # draft tokens the model agreed with and that were emitted
+            stop = False
+            for i in range(len(step)):
+                token = int(C.llama_sampler_sample(sampler, ctx, i))
+                if i == len(draft) or token != draft[i]:
+                    break  # `token` is the next one; it is not in the memory yet
+                if C.llama_vocab_is_eog(model._vocab, token):
+                    model.finish_reason = "stop"
+                    stop = True
+                    break
+                kept += 1
+                model.produced += 1
+                history.append(token)
+                text = decoder.decode(model.piece(token))
+                if text:
+                    yield text
+                if 0 <= n_predict <= model.produced:
+                    stop = True
+                    break
+            spec.accepted += kept
+            if draft:
+                spec.drafter.accepted(kept)
+            end = base + 1 + kept
+            if end < len(model._cached):
+                if not C.llama_memory_seq_rm(memory, 0, end, -1):
+                    model._cached = []
+                    raise EngineError("llama.cpp could not drop the rejected draft tokens")
+                del model._cached[end:]
+            if stop:
+                break
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+    finally:
+        C.llama_batch_free(batch)
+        C.llama_sampler_free(sampler)

@@ -1,0 +1,183 @@
+"""Speculative decoding (n-gram prompt lookup) in one-shot and chat: the same text as plain
+decoding, in fewer decodes; the flags and their errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assert_clean_error, run_pyz
+
+from runtime.engine import grammar, speculate
+from runtime.engine import model as engine
+
+CODE = """Here is a function:
+
+```python
+def total(items):
+    x = 0
+    for item in items:
+        x += item.price * item.quantity
+    return x
+```
+
+The same function with `x` renamed to `count`:
+
+```python
+"""
+QUOTE = """Passage: "The river rose in the night, and by morning the low fields were a lake.
+The farmers moved their animals to the hill and waited for the water to fall."
+
+Quote the passage's second sentence exactly: \""""
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2: Path) -> Iterator[Any]:
+    from runtime.engine import cpu
+    from runtime.sources.source import ModelSource
+
+    engine.set_verbose(False)
+    engine.start_backend(cpu.choose().path)
+    with engine.Model(
+        ModelSource(smollm2, 0, smollm2.stat().st_size, "smollm2"), n_ctx=1024, n_threads=2
+    ) as m:
+        yield m
+
+
+def complete(llm: Any, prompt: str, n: int, spec: Any, **sampling: Any) -> str:
+    llm.speculation = spec
+    try:
+        return "".join(llm.generate(llm.tokenize(prompt), n, engine.Sampling(**sampling)))
+    finally:
+        llm.speculation = None
+
+
+def same(a: str, b: str) -> None:
+    """Equal, or where they part (a near-tie a batched kernel rounded the other way)."""
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    assert a == b, (
+        f"speculation changed the text at character {at}: {a[at:][:40]!r} vs {b[at:][:40]!r}"
+    )
+
+
+class RandomDrafter:
+    def __init__(self, n_vocab: int) -> None:
+        self.rng = random.Random(7)
+        self.n_vocab = n_vocab
+        self.kept: list[int] = []
+
+    def propose(self, tokens: Sequence[int], n_max: int) -> list[int]:
+        return [self.rng.randrange(self.n_vocab) for _ in range(min(n_max, 4))]
+
+    def accepted(self, n: int) -> None:
+        self.kept.append(n)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", [CODE, QUOTE], ids=["code-edit", "quote"])
+def test_greedy_text_is_the_same_with_and_without(llm: Any, prompt: str) -> None:
+    plain = complete(llm, prompt, 120, None, temp=0.0)
+    spec = speculate.for_run("auto", 8, 0)
+    same(complete(llm, prompt, 120, spec, temp=0.0), plain)
+    assert spec is not None and spec.drafted > 0
+    if prompt is CODE:  # the answer copies the prompt: most drafts are kept
+        assert spec.accepted * 2 > spec.drafted, spec.summary()
+
+
+@pytest.mark.slow
+def test_seeded_sampling_is_the_same_with_and_without(llm: Any) -> None:
+    args: dict[str, Any] = {"temp": 0.8, "seed": 1234}
+    plain = complete(llm, CODE, 80, None, **args)
+    same(complete(llm, CODE, 80, speculate.for_run("ngram", 8, 0), **args), plain)
+
+
+@pytest.mark.slow
+def test_random_drafts_change_nothing(llm: Any) -> None:
+    plain = complete(llm, QUOTE, 40, None, temp=0.0)
+    drafter = RandomDrafter(llm.n_vocab)
+    spec = speculate.Speculation(drafter, name="random")
+    same(complete(llm, QUOTE, 40, spec, temp=0.0), plain)
+    assert spec.drafted > 0 and drafter.kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1, 2, 5, 17])
+def test_n_predict_is_never_exceeded(llm: Any, n: int) -> None:
+    plain = complete(llm, CODE, n, None, temp=0.0)
+    spec = speculate.for_run("ngram", 8, 0)
+    text = complete(llm, CODE, n, spec, temp=0.0)
+    assert llm.produced <= n
+    same(text, plain)
+
+
+@pytest.mark.slow
+def test_memory_holds_what_the_model_says_it_holds(llm: Any) -> None:
+    # Chat reuses the context's prefix: a second turn over a speculated first must give
+    # what a fresh context gives.
+    first = complete(llm, CODE, 60, speculate.for_run("ngram", 8, 0), temp=0.0)
+    assert llm._cached == llm.tokenize(CODE) + llm._cached[len(llm.tokenize(CODE)) :]
+    follow = CODE + first + "\n\nNow the same function again:\n\n```python\n"
+    reused = complete(llm, follow, 60, speculate.for_run("ngram", 8, 0), temp=0.0)
+    llm._cached = []  # the next prefill clears the memory
+    same(reused, complete(llm, follow, 60, None, temp=0.0))
+
+
+@pytest.mark.slow
+def test_grammar_still_holds(llm: Any) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    gbnf = grammar.from_schema(schema)
+    prompt = CODE + "def count(items):\n```\n\nThe function's name as JSON: "
+    plain = complete(llm, prompt, 60, None, temp=0.0, grammar=gbnf)
+    text = complete(llm, prompt, 60, speculate.for_run("ngram", 8, 0), temp=0.0, grammar=gbnf)
+    same(text, plain)
+    assert "name" in json.loads(text)
+
+
+@pytest.mark.slow
+def test_one_shot_verbose_stop_and_none(smollm2_pyz: Path) -> None:
+    args = ("-p", CODE, "--temp", "0", "-n", "60", "-t", "2", "--stop", "return")
+    on = run_pyz(smollm2_pyz, *args, "--verbose")
+    off = run_pyz(smollm2_pyz, *args, "--spec-type", "none", "--verbose")
+    assert on.returncode == off.returncode == 0, on.stderr
+    assert on.stdout == off.stdout and "return" not in on.stdout
+    assert "speculation (ngram): drafted " in on.stderr
+    assert "speculation (" not in off.stderr
+
+
+def test_system_info_says_what_speculation_a_run_uses(tiny_pyz: Path) -> None:
+    assert "speculation: ngram (" in run_pyz(tiny_pyz, "--system-info").stdout
+    none = run_pyz(tiny_pyz, "--system-info", "--spec-type", "none").stdout
+    assert "speculation: none" in none
+
+
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (("--spec-type", "bogus"), "Invalid value for '--spec-type'"),
+        (("--spec-draft-n-max", "0"), "Invalid value for '--spec-draft-n-max'"),
+        (("--spec-draft-n-min", "-1"), "Invalid value for '--spec-draft-n-min'"),
+        (("--server", "--spec-type", "ngram"), "the server does not speculate yet"),
+    ],
+)
+def test_bad_speculation_flags_are_usage_errors(
+    tiny_pyz: Path, args: tuple[str, ...], text: str
+) -> None:
+    result = run_pyz(tiny_pyz, *args)
+    assert_clean_error(result, 2, text)
+
+
+def test_ngram_lookup_and_backoff() -> None:
+    assert speculate.lookup([1, 2, 3, 4, 5, 9, 2, 3], 3) == [4, 5, 9]
+    assert speculate.lookup([1, 2, 3], 3) == []
+    d = speculate.NgramDrafter(8, 0)
+    assert d.propose([5, 6, 7, 8, 5, 6], 8) == [7, 8]  # starts short
+    d.accepted(2)
+    assert len(d.propose([5, 6, 7, 8, 9, 10, 11, 5, 6], 8)) == 4  # kept whole: grows
+    for _ in range(3):
+        d.propose([1, 2, 1], 8)
+        d.accepted(0)
+    assert d.propose([1, 2, 1], 8) == []  # misses in a row: a pause
