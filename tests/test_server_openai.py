@@ -74,6 +74,12 @@ def test_a_request_without_model_is_served_by_the_loaded_one(server: Server) -> 
     assert status == 200 and len(vectors["data"][0]["embedding"]) == 576, vectors
     status, response = call(server, "/v1/responses", {"input": "Hi", "max_output_tokens": 2})
     assert status == 200 and response["status"] in ("completed", "incomplete"), response
+    # As `curl URL -d '{…}'` sends it: a form's content type, read as JSON as llama-server does.
+    body = json.dumps({"messages": ASK, "max_tokens": 2}).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    request = urllib.request.Request(server.url + "/v1/chat/completions", data=body, headers=form)
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        assert json.loads(reply.read())["choices"][0]["message"]["content"]
 
 
 def test_alias_names_the_model(smollm2_pyz: Path) -> None:

@@ -101,7 +101,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(responses.router(state, authorize))
     app.include_router(utility_routes.router(state, authorize))
     app.include_router(ollama_routes.router(state, authorize))
-    app.add_middleware(ollama_routes.JsonBodies)
+    app.add_middleware(JsonBodies)
     app.add_middleware(cors.CORS, origins=state.cors_origins)
     return app
 
@@ -133,6 +133,20 @@ class Loading:
         headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+class JsonBodies:
+    """ASGI middleware: every request body is JSON whatever its Content-Type says, as
+    llama-server and Ollama read it (`curl … -d '{…}'`, their docs' examples, sends a form's)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
 
 
 class _Server(uvicorn.Server):

@@ -36,20 +36,6 @@ from runtime.serve.ollama.models import (
 CONTEXT_HEADER = "X-Context-Length"  # the context a request was answered within
 
 
-class JsonBodies:
-    """ASGI middleware: a POST to /api/* is JSON whatever its Content-Type says, as Ollama
-    reads it (`curl … -d '{…}'`, Ollama's own examples, sends a form's content type)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/"):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
-        await self.app(scope, receive, send)
-
-
 def bad(message: str, field: Optional[str] = None) -> APIError:
     return APIError(400, message, "invalid_value", field)
 
