@@ -160,6 +160,13 @@ def generate(
     cap = min(model.n_batch, n_ctx)
     batch = C.llama_batch_init(cap, 0, 1)
     history = list(prompt)  # the prompt and every emitted token
+
+    def emit(token: int) -> str:
+        """Count `token` as produced and return the text it completes."""
+        model.produced += 1
+        history.append(token)
+        return str(decoder.decode(model.piece(token)))
+
     try:
         model._prefill(prompt)
         token = int(C.llama_sampler_sample(sampler, ctx, -1))
@@ -167,9 +174,7 @@ def generate(
             if C.llama_vocab_is_eog(model._vocab, token):
                 model.finish_reason = "stop"
                 break
-            model.produced += 1
-            history.append(token)
-            text = decoder.decode(model.piece(token))
+            text = emit(token)
             if text:
                 yield text
             if 0 <= n_predict <= model.produced:
@@ -208,9 +213,7 @@ def generate(
                     stop = True
                     break
                 kept += 1
-                model.produced += 1
-                history.append(token)
-                text = decoder.decode(model.piece(token))
+                text = emit(token)
                 if text:
                     yield text
                 if 0 <= n_predict <= model.produced:
