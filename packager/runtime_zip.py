@@ -42,12 +42,15 @@ LLAMA_CPP_MODULES = {
     "_ctypes_extensions.py",
     "_ggml.py",
     "llama_grammar.py",
+    "mtmd_cpp.py",  # images: libmtmd's bindings (runtime/engine/vision.py)
 }
-# The libraries the runtime loads; libmtmd (multimodal) is left out.
-LIB_FAMILIES = ("libllama", "libggml", "libggml-base")
+# The libraries the runtime loads; libmtmd (multimodal: images) links to libllama and libggml.
+LIB_FAMILIES = ("libllama", "libggml", "libggml-base", "libmtmd")
+# Loaded by file name (llama-cpp-python's loader), not as another library's dependency.
+LOADED_BY_NAME = ("libllama", "libmtmd")
 DIST_INFO_KEEP = re.compile(r"(METADATA|LICEN[CS]E.*|COPYING.*|top_level\.txt)$")
 ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
-FORMAT = 3  # bump when the zip's layout changes, to invalidate cached zips
+FORMAT = 4  # bump when the zip's layout changes, to invalidate cached zips
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def _dist_files(name: str) -> list[tuple[str, Path]]:
         # The wheel installs each library three times (.so, .so.0, .so.0.x.y). Ship one copy,
         # under the name it is looked up by: libllama.so for llama-cpp-python's loader, the
         # soname (.so.0) for libraries that other libraries link to.
-        wanted = f"{family}.so" if family == "libllama" else f"{family}.so.0"
+        wanted = f"{family}.so" if family in LOADED_BY_NAME else f"{family}.so.0"
         pick = wanted if wanted in names else sorted(names, key=len)[0]
         chosen.append(
             (f"llama_cpp/lib/{pick}", Path(str(dist.locate_file(f"llama_cpp/lib/{pick}"))))

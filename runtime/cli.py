@@ -125,6 +125,13 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--seed", type=int, default=settings.SEED, show_default=True, help="Random seed; -1 picks one."
 )
+@click.option(
+    "--image", "images", multiple=True, metavar="FILE", help="An image for -p (repeatable)."
+)
+@click.option(
+    "--mmproj", metavar="FILE|none", help="Vision projector: .gguf, .pyz, Ollama name; none."
+)
+@click.option("--no-mmproj-offload", is_flag=True, help="Keep the vision projector on the CPU.")
 @click.option("--chat", is_flag=True, help="Chat, even when stdin is not a terminal.")
 @click.option(
     "--cli", is_flag=True, help="Run in the terminal, not as a server (llamafile's flag)."
@@ -300,6 +307,8 @@ def main(**kw: Any) -> None:
                 f"--spec-type {opts.spec_type}: the server does not speculate yet "
                 "(use it with -p or chat)"
             )
+        if opts.images and (opts.prompt is None or opts.server or opts.embedding):
+            raise click.UsageError("--image goes with -p (in a chat: /image PATH)")
         if opts.grammar_file and opts.json_schema:
             raise click.UsageError("give either --grammar or --json-schema, not both")
         source = weights.resolve(opts.model, archive())
@@ -309,6 +318,7 @@ def main(**kw: Any) -> None:
         sock = modes.bind(opts) if opts.server else None
         chatting = not opts.server and (opts.chat or (opts.prompt is None and sys.stdin.isatty()))
         text = "" if chatting or opts.server else _read_prompt(opts.prompt)
+        projector, pictures = modes.vision_inputs(opts, chatting)
         engine.set_verbose(opts.verbose)
         choice = cpu.choose(opts.cpu_variant)
         if opts.verbose:
@@ -324,14 +334,14 @@ def main(**kw: Any) -> None:
                 sock,
             )
             return
-        with modes.open_model(opts, source, offload, choice) as llm:
+        with modes.loaded(opts, source, offload, choice, projector) as (llm, vision):
             modes.speculate(llm, opts)
             if opts.embedding:
                 click.echo(json.dumps(llm.embed(text)))
             elif chatting:
-                modes.chat(llm, opts, grammar_text)
+                modes.chat(llm, opts, grammar_text, vision)
             else:
-                modes.complete(llm, text, opts, grammar_text)
+                modes.complete(llm, text, opts, grammar_text, vision, pictures)
                 if opts.verbose and llm.speculation is not None:
                     click.echo(llm.speculation.summary(), err=True)
     except (

@@ -3,7 +3,9 @@ be an RPC worker, show the system, clean the cache."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import click
@@ -23,12 +25,18 @@ def grammar_for(opts: Options) -> Optional[str]:
     return None
 
 
-def complete(llm: Any, text: str, opts: Options, grammar_text: Optional[str]) -> None:
+def complete(
+    llm: Any, text: str, opts: Options, grammar_text: Optional[str], seen: Any, images: list[Any]
+) -> None:
     from runtime.chat.stops import StopFilter
+    from runtime.engine import vision
 
     out = sys.stdout
     stops = StopFilter(opts.stop)
-    for piece in llm.generate(llm.tokenize(text), opts.n_predict, opts.sampling(grammar_text)):
+    prompt = vision.one_shot(seen, text, images) if images else llm.tokenize(text)
+    if opts.verbose:  # with images: "prompt: 40 tokens (16 for 1 image)"
+        click.echo(f"prompt: {len(prompt)} tokens{vision.counted(prompt)}", err=True)
+    for piece in llm.generate(prompt, opts.n_predict, opts.sampling(grammar_text)):
         out.write(stops.feed(piece))
         out.flush()
         if stops.stopped:
@@ -49,7 +57,27 @@ def speculate(llm: Any, opts: Options) -> None:
             click.echo("speculation: off (this model's memory cannot drop draft tokens)", err=True)
 
 
-def chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
+def vision_inputs(opts: Options, chatting: bool) -> tuple[Any, list[Any]]:
+    """The projector (where -p has --image, or a chat may attach one) and --image's files."""
+    from runtime.engine import vision
+
+    wanted = bool(opts.images or chatting) and not (opts.server or opts.embedding)
+    return vision.inputs(opts.mmproj, opts.model, opts.images, archive()) if wanted else (None, [])
+
+
+@contextlib.contextmanager
+def loaded(opts: Options, source: Any, rpc: Any, choice: Any, proj: Any) -> Iterator[Any]:
+    """The model, and its vision projector (on the model's GPU) where it has one."""
+    from runtime.engine import vision
+
+    with open_model(opts, source, rpc, choice) as llm:
+        devices = [] if opts.no_mmproj_offload else llm.gpu_devices
+        seen = vision.open_for(llm, proj, devices, opts.threads or settings.default_threads())
+        with seen or contextlib.nullcontext():
+            yield llm, seen
+
+
+def chat(llm: Any, opts: Options, grammar_text: Optional[str], seen: Any = None) -> None:
     from runtime.chat import conversation as chat
     from runtime.chat import templates
 
@@ -62,6 +90,7 @@ def chat(llm: Any, opts: Options, grammar_text: Optional[str]) -> None:
     conversation = chat.Conversation(
         llm, fmt, opts.sampling(grammar_text), opts.n_predict, opts.system, notify, opts.stop
     )
+    conversation.vision = seen
     chat.run(conversation)
 
 
@@ -277,6 +306,7 @@ def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any
             )
             plan.layers = plan.offload.n_gpu_layers = fewer
             retried = True
+    llm.gpu_devices = plan.devices if plan is not None else []  # the projector's too
     if plan is not None and (plan.devices or plan.line):
         # Said once the model has loaded, so that a file llama.cpp refuses gets one line.
         click.echo(gpu.offloaded_line(plan, retried), err=True)
@@ -295,22 +325,10 @@ def print_system_info(
     assert isinstance(choice, cpu.Choice)
     fingerprint = cpu.cpu_fingerprint().split()
     click.echo(f"machine: {fingerprint[0] if fingerprint else '?'}")
-    wanted = (
-        "sse4_2",
-        "avx",
-        "avx2",
-        "fma",
-        "f16c",
-        "avx512f",
-        "avx512bw",
-        "avx512_vnni",
-        "avx512_bf16",
-        "avx_vnni",
-        "amx_tile",
-        "amx_int8",
-    )
+    wanted = "sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni"
+    wanted += " amx_tile amx_int8"
     flags = cpu.cpu_flags()
-    click.echo("cpu features: " + " ".join(f for f in wanted if f in flags))
+    click.echo("cpu features: " + " ".join(f for f in wanted.split() if f in flags))
     click.echo(f"variants shipped: {', '.join(sorted(variants.available())) or 'none'}")
     for name, why in choice.tried.items():
         click.echo(f"  {name}: {why}")

@@ -21,6 +21,9 @@ class Options:
     min_p: float
     repeat_penalty: float
     seed: int
+    images: tuple[str, ...]
+    mmproj: Optional[str]
+    no_mmproj_offload: bool
     chat: bool
     cli: bool
     stop: tuple[str, ...]

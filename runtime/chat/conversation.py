@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from runtime.chat import templates
 from runtime.chat.stops import StopFilter
+from runtime.engine.backend import EngineError
 
 HELP = """commands:
   /reset    forget the conversation (the system prompt stays)
   /exit     quit (also /bye, Ctrl-D)
   /help     this list
+  /image PATH  attach an image to the next message (a path alone on a line does too)
   \"\"\"       start or end a message of several lines (a line ending in \\ continues too)
 Ctrl-C stops a reply; at the prompt, press it twice to quit."""
 PROMPT = ">>> "
@@ -41,6 +44,8 @@ class Conversation:
         self.notify = notify
         self.stops = tuple(fmt.stops) + tuple(stops)
         self.messages: list[templates.Message] = []
+        self.vision: Any = None  # engine.vision.Vision, where the model has a projector
+        self.attached: list[Any] = []  # images for the next message (engine.vision.Image)
         self.reset()
 
     def reset(self) -> None:
@@ -50,7 +55,11 @@ class Conversation:
         reserve = min(self.n_predict if self.n_predict > 0 else 256, self.model.n_ctx // 4)
         while True:
             text = templates.render(self.fmt, self.messages, self.model)
-            tokens: list[int] = self.model.tokenize(text)
+            images = [i for m in self.messages for i in m.get("images", ())]
+            if images:  # engine.vision.Prompt: tokens, each image's among them
+                tokens: list[int] = self.vision.prompt(text, images, fits=False)
+            else:
+                tokens = self.model.tokenize(text)
             if len(tokens) + reserve <= self.model.n_ctx:
                 return tokens
             first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
@@ -66,9 +75,22 @@ class Conversation:
                 "the oldest turn was dropped)"
             )
 
+    def attach(self, path: str) -> str:
+        """Attach the image at `path` to the next message; what to tell the user."""
+        from runtime.engine import vision
+
+        if self.vision is None:
+            raise vision.VisionError(vision.NO_PROJECTOR)
+        self.attached += vision.read_images((str(Path(path).expanduser()),))
+        return f"(attached {path}: it goes with your next message)"
+
     def reply(self, user_text: str) -> Iterator[str]:
         """Add the user's message and stream the model's reply; the reply joins the history."""
-        self.messages.append({"role": "user", "content": user_text})
+        message: templates.Message = {"role": "user", "content": user_text}
+        if self.attached:  # mtmd's marker before the text, one per image, as mtmd-cli does
+            message["content"] = self.vision.marker * len(self.attached) + user_text
+            message["images"], self.attached = self.attached, []
+        self.messages.append(message)
         answer: list[str] = []
         try:
             tokens = self._prompt_tokens()
@@ -162,6 +184,13 @@ def run(
         if command in ("/help", "/?"):
             err.write(HELP + "\n")
             continue
+        path = command[len("/image ") :].strip() if command.startswith("/image ") else ""
+        if path or _image_path(command):
+            try:
+                err.write(conversation.attach(path or _image_path(command)) + "\n")
+            except EngineError as exc:  # a bad image: one line says why, the chat goes on
+                err.write(f"Error: {exc}\n")
+            continue
         if not command:
             continue
         try:
@@ -174,3 +203,14 @@ def run(
             out.write("\n")
             out.flush()
             err.write("(stopped)\n")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ppm", ".pgm", ".pnm")
+
+
+def _image_path(line: str) -> str:
+    """The path of an image file that `line` is alone (quoted, as a terminal drops it), or ""."""
+    path = line.strip().strip("'\"")
+    if "\n" in path or not path.lower().endswith(IMAGE_SUFFIXES):
+        return ""
+    return path if Path(path).expanduser().is_file() else ""

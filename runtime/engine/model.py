@@ -151,6 +151,7 @@ class Model:
         self.finish_reason = "stop"  # why it ended: "stop" (end of text) or "length"
         self._n_threads = n_threads
         self.speculation: Any = None  # engine.speculate.Speculation: generate() drafts with it
+        self.gpu_devices: list[Any] = []  # where its layers went: the vision projector goes too
 
     def meta(self, key: str) -> Optional[str]:
         """A GGUF metadata value as text, or None."""
@@ -301,7 +302,8 @@ class Model:
             raise EngineError(
                 f"the prompt is {len(prompt)} tokens, longer than the context of {self.n_ctx} (raise -c)"
             )
-        if self.speculation is not None:
+        prefill = getattr(prompt, "prefill", None)  # engine.vision.Prompt: text and images
+        if self.speculation is not None and prefill is None:
             from runtime.engine import speculate
 
             yield from speculate.generate(self, prompt, n_predict, sampling, self.speculation)
@@ -311,7 +313,7 @@ class Model:
         self.produced = 0
         self.finish_reason = "length"
         try:
-            self._prefill(prompt)
+            prefill(self) if prefill else self._prefill(prompt)
             token_arr = (C.llama_token * 1)()
             while n_predict < 0 or self.produced < n_predict:
                 if len(self._cached) >= self.n_ctx:

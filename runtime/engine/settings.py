@@ -30,3 +30,5 @@ SPEC_NGRAM_MAX = 3  # the longest tail n-gram looked up in the prompt and the ou
 SPEC_NGRAM_MIN = 1
 SPEC_MISSES_BEFORE_PAUSE = 3  # drafts in a row kept not at all, then drafting pauses
 SPEC_PAUSE = 8  # steps of that pause (times the pauses so far)
+IMAGE_MAX_BYTES = 20_000_000  # an image file (checked before decoding)
+IMAGE_MAX_PIXELS = 50_000_000  # width x height, read from the header before decoding

@@ -160,3 +160,54 @@ def resolve(spec: Optional[str], archive: Optional[Path]) -> ModelSource:
     if archive is None:
         raise WeightsError("no model: give one with -m MODEL.gguf")
     return checked(embedded(archive))
+
+
+def projector(
+    spec: Optional[str], model: Optional[str], archive: Optional[Path]
+) -> Optional[ModelSource]:
+    """The vision projector: `--mmproj SPEC` (a .gguf, a .pyz's embedded one, or what `-m`
+    takes; "none": no projector), else the one carried with the model (the running file's, or
+    that of `-m OTHER.pyz`); None where there is none."""
+    if spec is not None and spec.lower() == "none":
+        return None
+    if spec:
+        path = Path(spec).expanduser()
+        if path.is_file() and zipfile.is_zipfile(path) and _ours(path):
+            return checked(embedded(path.resolve(), "projector"))
+        return _is_projector(checked(from_spec(spec)), spec)
+    pyz = archive
+    if model:
+        path = Path(model).expanduser()
+        pyz = (
+            path.resolve() if path.is_file() and zipfile.is_zipfile(path) and _ours(path) else None
+        )
+    if pyz is None:
+        return None
+    try:
+        if read_manifest(pyz).gguf("projector") is None:
+            return None
+    except ArchiveError as exc:
+        raise WeightsError(str(exc)) from None
+    return checked(embedded(pyz, "projector"))
+
+
+def _ours(path: Path) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        return MANIFEST_NAME in zf.namelist()
+
+
+def _is_projector(source: ModelSource, spec: str) -> ModelSource:
+    """`source`, once its header says it is a vision projector (mtmd would abort on a model)."""
+    from runtime.file import gguf_check
+
+    try:
+        header = gguf_check.check(source.path, source.offset, source.size, source.label)
+    except GGUFError as exc:
+        raise WeightsError(str(exc)) from None
+    kind = header.meta.get("general.architecture")
+    if kind != "clip" or not header.meta.get("clip.has_vision_encoder"):
+        raise WeightsError(
+            f"--mmproj {spec} is not a vision projector (its general.architecture is {kind!r}"
+            + (", with no vision encoder)" if kind == "clip" else ", not 'clip')")
+        )
+    return source
