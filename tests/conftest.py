@@ -140,13 +140,23 @@ def write_tiny_gguf(
     return path
 
 
-def write_tiny_projector(path: Path, *, width: int = 64, architecture: str = "clip") -> Path:
-    """A small mlp vision projector (LLaVA's shape) with random weights, whose output is `width`
-    wide; the keys and their GGUF types are those tools/mtmd/clip.cpp reads (a wrong type aborts)."""
+def write_tiny_projector(
+    path: Path,
+    *,
+    width: int = 64,
+    architecture: str = "clip",
+    image: int = 32,
+    patch: int = 8,
+    seed: int = 7,
+) -> Path:
+    """A small mlp vision projector (LLaVA's shape: a 2-block ViT, of which llava runs the first,
+    and a 2-layer MLP) with random weights, whose output is `width` wide and which makes
+    (image / patch)**2 tokens of an image. The keys, their GGUF types and the tensors are those
+    the vendored tools/mtmd/clip.cpp reads (a wrong type aborts); the real libmtmd loads it."""
     import gguf
 
-    rng = np.random.default_rng(7)
-    n_embd, n_ff, image, patch, n_layer = 32, 64, 32, 8, 2
+    rng = np.random.default_rng(seed)
+    n_embd, n_ff, n_layer = 32, 64, 2
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name("tiny-projector")
     writer.add_bool("clip.has_vision_encoder", True)

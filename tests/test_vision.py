@@ -1,0 +1,220 @@
+"""Images, as a user meets them: a .pyz packed with a projector sees `--image` files and
+`/image` in the chat, through the real libmtmd loading the projector from inside the file;
+bad images and models without a projector get one line and exit 1."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import (
+    assert_clean_error,
+    build_session_pyz,
+    image_bytes,
+    pack,
+    run_pyz,
+    write_tiny_projector,
+)
+
+pytestmark = pytest.mark.slow
+FLAGS = ("-n", "8", "--seed", "3")
+PROMPT = re.compile(r"^prompt: (\d+) tokens(?: \((\d+) for (\d+) images?\))?$", re.M)
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """a.png, a.bmp and a.ppm hold the same pixels; b.png others; big.png a header only."""
+    d = tmp_path_factory.mktemp("pictures")
+    for kind in ("png", "bmp", "ppm"):
+        (d / f"a.{kind}").write_bytes(image_bytes(kind, 40, 30, seed=1))
+    (d / "b.png").write_bytes(image_bytes("png", 40, 30, seed=2))
+    return d
+
+
+@pytest.fixture(scope="module")
+def projector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_projector(tmp_path_factory.mktemp("proj") / "proj.gguf", width=64)
+
+
+@pytest.fixture(scope="module")
+def vision_pyz(
+    tmp_path_factory: pytest.TempPathFactory, session_cache: Path, tiny_gguf: Path, projector: Path
+) -> Path:
+    return build_session_pyz(
+        tmp_path_factory, session_cache, str(tiny_gguf), "--mmproj", str(projector)
+    )
+
+
+def see(pyz: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_pyz(pyz, *FLAGS, *args)
+
+
+def text_of(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_file_carries_libmtmd_and_its_bindings(vision_pyz: Path) -> None:
+    with zipfile.ZipFile(vision_pyz) as zf:
+        names = set(zf.namelist())
+    assert "site-packages/llama_cpp/lib/libmtmd.so" in names
+    assert "site-packages/llama_cpp/mtmd_cpp.py" in names
+    assert not any(n.startswith("site-packages/llama_cpp/lib/libmtmd.so.") for n in names)
+
+
+def test_the_projector_loads_from_inside_the_file_and_its_tokens_count(
+    vision_pyz: Path, projector: Path, pictures: Path, session_cache: Path
+) -> None:
+    plain = see(vision_pyz, "-p", "hello", "--verbose")
+    seen = see(vision_pyz, "--image", str(pictures / "a.png"), "-p", "hello", "--verbose")
+    assert seen.returncode == 0, seen.stderr
+    n_text = int(PROMPT.search(plain.stderr).group(1))  # type: ignore[union-attr]
+    found = PROMPT.search(seen.stderr)
+    assert found is not None, seen.stderr
+    # a 32 px image in 8 px patches: 16 tokens, before the text (mtmd-cli's place for it)
+    assert found.groups() == (str(n_text + 16), "16", "1")
+    # mtmd read the projector from a memfd holding the bytes inside the .pyz: nothing on disk
+    assert re.search(r"loaded 41 tensors from /proc/self/fd/\d+", seen.stderr), seen.stderr
+    size = projector.stat().st_size
+    copies = [p for p in session_cache.rglob("*") if p.is_file() and p.stat().st_size == size]
+    assert copies == []
+
+
+def test_same_image_and_seed_same_text_and_each_format_decodes_alike(
+    vision_pyz: Path, pictures: Path
+) -> None:
+    def run(name: str) -> str:
+        return text_of(see(vision_pyz, "--image", str(pictures / name), "-p", "hello"))
+
+    first = run("a.png")
+    assert first and run("a.png") == first
+    assert run("a.bmp") == first and run("a.ppm") == first  # the same pixels
+    other = run("b.png")
+    assert other != first
+    assert text_of(see(vision_pyz, "-p", "hello")) not in (first, other)
+    # two images, each before the text, in order
+    both = text_of(
+        see(
+            vision_pyz,
+            "--image",
+            str(pictures / "a.png"),
+            "--image",
+            str(pictures / "b.png"),
+            "-p",
+            "hello",
+            "--verbose",
+        )  # fmt: skip
+    )
+    assert both not in (first, other)
+
+
+def test_mmproj_overrides_the_projector_in_the_file(
+    vision_pyz: Path, tiny_pyz: Path, projector: Path, pictures: Path, tmp_path: Path
+) -> None:
+    image = ("--image", str(pictures / "a.png"), "-p", "hello")
+    embedded = text_of(see(vision_pyz, *image))
+    assert text_of(see(tiny_pyz, "--mmproj", str(projector), *image)) == embedded
+    assert text_of(see(tiny_pyz, "--mmproj", str(vision_pyz), *image)) == embedded
+    other = write_tiny_projector(tmp_path / "other.gguf", width=64, seed=11)
+    assert text_of(see(vision_pyz, "--mmproj", str(other), *image)) != embedded
+
+
+def write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-projector",
+        "mmproj-none",
+        "not-an-image",
+        "webp",
+        "too-many-pixels",
+        "too-many-bytes",
+        "damaged",
+        "missing",
+        "past-the-context",
+        "not-a-projector",
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(
+    case: str, vision_pyz: Path, tiny_pyz: Path, tiny_gguf: Path, pictures: Path, tmp_path: Path
+) -> None:
+    pyz, args = vision_pyz, ["-p", "hello"]
+    png = image_bytes("png", 40, 30)
+    if case == "no-projector":
+        pyz, image = tiny_pyz, str(pictures / "a.png")
+        text = "this model has no vision projector; pack it with --mmproj or pass --mmproj"
+    elif case == "mmproj-none":
+        args += ["--mmproj", "none"]
+        image = str(pictures / "a.png")
+        text = "this model has no vision projector; pack it with --mmproj or pass --mmproj"
+    elif case == "not-an-image":
+        image = write(tmp_path / "cat.png", b"hello, this is text")
+        text = f"{image} is not an image that can be read (it starts with b'hello, t'): give JPEG"
+    elif case == "webp":
+        image = write(tmp_path / "cat.webp", b"RIFF\x10\x00\x00\x00WEBPVP8 ")
+        text = f"{image} is a WebP image, which cannot be read: give JPEG, PNG, BMP, GIF or PNM"
+    elif case == "too-many-pixels":  # a header that says 10000 x 10000: never decoded
+        image = write(tmp_path / "huge.png", png[:16] + (10000).to_bytes(4, "big") * 2 + png[24:])
+        text = f"{image} is 10000 x 10000 pixels, over the 50 megapixels an image may have"
+    elif case == "too-many-bytes":
+        image = write(tmp_path / "big.png", png)
+        os.truncate(image, 20_000_001)  # sparse: refused by its size, before it is read
+        text = f"{image} is 20.0 MB, over the 20 MB an image may be"
+    elif case == "damaged":
+        image = write(tmp_path / "cut.png", png[:60])
+        text = f"{image} could not be decoded as PNG"
+    elif case == "missing":
+        image = str(tmp_path / "nowhere.png")
+        text = f"{image} does not exist"
+    elif case == "past-the-context":  # 80 px in 4 px patches: 400 tokens, in a context of 256
+        big = write_tiny_projector(tmp_path / "big.gguf", width=64, image=80, patch=4)
+        args += ["--mmproj", str(big), "-c", "256"]
+        image = str(pictures / "a.png")
+        text = "the prompt is 407 tokens (400 of them for 1 image), more than the context of 256"
+    else:
+        args += ["--mmproj", str(tiny_gguf)]
+        image = str(pictures / "a.png")
+        text = (
+            f"--mmproj {tiny_gguf} is not a vision projector (its general.architecture is 'llama'"
+        )
+    result = see(pyz, "--image", image, *args)
+    assert_clean_error(result, 1, text)
+
+
+def test_image_without_a_prompt_is_bad_usage(vision_pyz: Path, pictures: Path) -> None:
+    result = see(vision_pyz, "--image", str(pictures / "a.png"), "--server")
+    assert_clean_error(result, 2, "--image goes with -p (in a chat: /image PATH)")
+
+
+def test_chat_attaches_images_and_decodes_each_once(vision_pyz: Path, pictures: Path) -> None:
+    a, b = pictures / "a.png", pictures / "b.png"
+    typed = f"/image {a}\nhello\n/image {pictures / 'nope.png'}\n'{b}'\nhello\n/exit\n"
+    result = run_pyz(vision_pyz, "--chat", *FLAGS, "--temp", "0", "--verbose", input=typed)
+    assert result.returncode == 0, result.stderr
+    assert f"(attached {a}: it goes with your next message)" in result.stderr
+    assert f"(attached {b}: it goes with your next message)" in result.stderr  # a path alone
+    assert f"Error: {pictures / 'nope.png'} does not exist" in result.stderr
+    # the second turn resends a.png: its positions are reused, only b.png is encoded
+    assert result.stderr.count("encoding image slice") == 2
+
+
+def test_chat_image_without_a_projector_says_so_and_goes_on(tiny_pyz: Path, pictures: Path) -> None:
+    typed = f"/image {pictures / 'a.png'}\nhello\n/exit\n"
+    result = run_pyz(tiny_pyz, "--chat", *FLAGS, input=typed)
+    assert result.returncode == 0, result.stderr
+    assert "Error: this model has no vision projector; pack it with --mmproj" in result.stderr
+    assert result.stdout.strip()
+
+
+def test_pack_inspect_lists_the_projector(vision_pyz: Path) -> None:
+    shown = pack("inspect", str(vision_pyz))
+    assert shown.returncode == 0, shown.stderr
+    assert "  type:         mlp (images 32 px, output width 64)" in shown.stdout
