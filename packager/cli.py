@@ -122,7 +122,7 @@ def build(
             expected=source.expected if source else None,
             gpu=gpu or "default",
             draft=draft,
-            projector=mmproj,
+            projector=mmproj or (source.projector if source else None),
         )
     except PackError as exc:
         raise click.ClickException(str(exc)) from None

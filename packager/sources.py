@@ -24,6 +24,7 @@ class BuildInput:
     notes: list[str] = field(default_factory=list)
     default_output: Optional[Path] = None
     expected: Optional[Expected] = None  # the sha256 the weights must have
+    projector: Optional[Path] = None  # the vision projector the source carries (Ollama's layer)
 
 
 def from_spec(spec: str) -> BuildInput:
@@ -58,6 +59,8 @@ def from_ollama(name: str) -> BuildInput:
         notes.append(
             f"{model.ref.spec}: layers left out: {', '.join(sorted(set(model.other_layers)))}"
         )
+    if model.projector is not None:
+        notes.append(f"{model.ref.spec}: its vision projector layer goes in the file too")
     extra: dict[str, Any] = {"ollama": model.ref.spec}
     if model.license:
         extra["license_text"] = model.license
@@ -68,6 +71,7 @@ def from_ollama(name: str) -> BuildInput:
         model_extra=extra,
         notes=notes,
         default_output=Path(f"{stem}.pyz"),
+        projector=model.projector.path if model.projector else None,
         expected=Expected(
             sha256=model.digest.split(":", 1)[-1],
             what=f"the model layer of {model.ref.spec} ({model.source.path})",

@@ -278,7 +278,10 @@ def test_resolve_reports_layers_it_does_not_use(store: Store, gguf: bytes) -> No
         ],
     )
     model = ollama.resolve("llava:7b", root=store.root)
-    assert model.other_layers == ["projector", "adapter", "messages"]
+    assert model.other_layers == ["adapter", "messages"]  # the projector is used (images)
+    assert model.projector is not None
+    assert model.projector.path.read_bytes() == b"GGUF projector"
+    assert model.projector.offset == 0 and model.projector.size == len(b"GGUF projector")
     assert model.license == "first\n\nsecond"
 
 

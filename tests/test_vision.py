@@ -218,3 +218,45 @@ def test_pack_inspect_lists_the_projector(vision_pyz: Path) -> None:
     shown = pack("inspect", str(vision_pyz))
     assert shown.returncode == 0, shown.stderr
     assert "  type:         mlp (images 32 px, output width 64)" in shown.stdout
+
+
+def test_every_source_of_a_projector_sees_alike(
+    vision_pyz: Path,
+    tiny_pyz: Path,
+    tiny_gguf: Path,
+    projector: Path,
+    pictures: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same model and projector from an Ollama store (its projector layer), a llamafile
+    (its mmproj member), and a file built from the store: the same text as the packed file."""
+    from test_llamafile import write_zip
+    from test_ollama import Store
+
+    image = ("--image", str(pictures / "a.png"), "-p", "hello")
+    embedded = text_of(see(vision_pyz, *image))
+    store = Store(tmp_path / "ollama")
+    store.add(
+        "seer", layers=[("model", tiny_gguf.read_bytes()), ("projector", projector.read_bytes())]
+    )
+    monkeypatch.setenv("OLLAMA_MODELS", str(store.root))
+    assert text_of(see(tiny_pyz, "-m", "seer", *image)) == embedded
+    assert text_of(see(tiny_pyz, "--mmproj", "ollama:seer", *image)) == embedded
+    members = [
+        ("llava-mmproj-f16.gguf", projector.read_bytes(), zipfile.ZIP_STORED),
+        ("llava.gguf", tiny_gguf.read_bytes(), zipfile.ZIP_STORED),
+    ]
+    llamafile = write_zip(tmp_path / "llava.llamafile", members)
+    assert text_of(see(tiny_pyz, "-m", str(llamafile), *image)) == embedded
+    built = pack("build", "ollama:seer", "-o", str(tmp_path / "seer.pyz"))
+    assert built.returncode == 0, built.stderr
+    assert "ollama:seer:latest: its vision projector layer goes in the file too" in built.stderr
+    shown = pack("inspect", str(tmp_path / "seer.pyz"))
+    assert "  type:         mlp (images 32 px, output width 64)" in shown.stdout
+    (tmp_path / "seer.pyz").chmod(0o755)
+    assert text_of(see(tmp_path / "seer.pyz", *image)) == embedded
+    # a model with no projector layer, named by --mmproj
+    store.add("blind", layers=[("model", tiny_gguf.read_bytes())])
+    result = see(tiny_pyz, "--mmproj", "blind", *image)
+    assert_clean_error(result, 1, "--mmproj blind: it carries no vision projector")

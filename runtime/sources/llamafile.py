@@ -42,11 +42,20 @@ def _choose(path: Path, members: list[zipfile.ZipInfo]) -> Optional[zipfile.ZipI
     return max(models, key=lambda m: m.file_size)
 
 
-def find_gguf_member(path: Path) -> Optional[ModelSource]:
-    """Where the GGUF stored in the zip at `path` lies in the file; None if the zip has none."""
+def _choose_projector(members: list[zipfile.ZipInfo]) -> Optional[zipfile.ZipInfo]:
+    found = [
+        m for m in members if m.filename.lower().endswith(".gguf") and _is_projector(m.filename)
+    ]
+    return found[0] if found else None
+
+
+def find_gguf_member(path: Path, projector: bool = False) -> Optional[ModelSource]:
+    """Where the GGUF stored in the zip at `path` lies in the file (its `*mmproj*.gguf` member,
+    with `projector`); None if the zip has none."""
     try:
         with zipfile.ZipFile(path) as zf:
-            member = _choose(path, zf.infolist())
+            members = zf.infolist()
+            member = _choose_projector(members) if projector else _choose(path, members)
     except zipfile.BadZipFile as exc:
         raise LlamafileError(f"{path} is not a readable zip file ({exc})") from None
     except OSError as exc:
@@ -91,7 +100,7 @@ def find_gguf_member(path: Path) -> Optional[ModelSource]:
             f"{path} holds {name}, which is not a GGUF file "
             f"(it starts with {head!r}, not {GGUF_MAGIC!r})"
         )
-    if offset % DATA_ALIGNMENT:
+    if offset % DATA_ALIGNMENT and not projector:  # a projector is read, not mapped
         raise LlamafileError(
             f"{path} holds {name} at byte {offset}, which is not a multiple of {DATA_ALIGNMENT}; "
             "llama.cpp cannot map it in place: align it with llamafile's zipalign"

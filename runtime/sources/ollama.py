@@ -42,6 +42,7 @@ class OllamaModel:
     template: Optional[str] = None
     license: Optional[str] = None
     other_layers: list[str] = field(default_factory=list)
+    projector: Optional[ModelSource] = None  # its vision projector layer, where it has one
 
 
 @dataclass(frozen=True)
@@ -266,9 +267,14 @@ def resolve(
     texts: dict[str, list[str]] = {}
     params: dict[str, Any] = {}
     other: list[str] = []
+    projector: Optional[ModelSource] = None
     for layer in layers:
         if layer.kind == "model" and model_layer is None:
             model_layer = layer
+        elif layer.kind == "projector" and projector is None:
+            path = _check_blob(ref, root, layer, verify)
+            _check_gguf(path, f"the projector layer of {ref.spec}")
+            projector = ModelSource(path, 0, layer.size, f"{ref.spec} (projector)", path.name)
         elif layer.kind in ("template", "prompt", "system", "license"):
             path = _check_blob(ref, root, layer, verify)
             # "prompt" is what early Ollama called the template layer.
@@ -312,6 +318,7 @@ def resolve(
         # A model may carry several licenses (its own and its base model's): keep them all.
         license="\n\n".join(licenses) if licenses else None,
         other_layers=other,
+        projector=projector,
     )
 
 

@@ -165,30 +165,56 @@ def resolve(spec: Optional[str], archive: Optional[Path]) -> ModelSource:
 def projector(
     spec: Optional[str], model: Optional[str], archive: Optional[Path]
 ) -> Optional[ModelSource]:
-    """The vision projector: `--mmproj SPEC` (a .gguf, a .pyz's embedded one, or what `-m`
-    takes; "none": no projector), else the one carried with the model (the running file's, or
-    that of `-m OTHER.pyz`); None where there is none."""
+    """The vision projector: `--mmproj SPEC` (a .gguf; the projector a .pyz, a llamafile or an
+    Ollama model carries; "none": no projector), else the one carried with the model (by the
+    running file, or by what `-m` names); None where there is none."""
     if spec is not None and spec.lower() == "none":
         return None
     if spec:
         path = Path(spec).expanduser()
-        if path.is_file() and zipfile.is_zipfile(path) and _ours(path):
-            return checked(embedded(path.resolve(), "projector"))
-        return _is_projector(checked(from_spec(spec)), spec)
-    pyz = archive
+        if path.is_file() and not zipfile.is_zipfile(path):
+            return _is_projector(checked(from_path(spec)), spec)
+        found = carried_projector(spec)
+        if found is None:
+            raise WeightsError(f"--mmproj {spec}: it carries no vision projector")
+        return _is_projector(checked(found), spec)
     if model:
-        path = Path(model).expanduser()
-        pyz = (
-            path.resolve() if path.is_file() and zipfile.is_zipfile(path) and _ours(path) else None
-        )
-    if pyz is None:
-        return None
-    try:
-        if read_manifest(pyz).gguf("projector") is None:
-            return None
-    except ArchiveError as exc:
-        raise WeightsError(str(exc)) from None
-    return checked(embedded(pyz, "projector"))
+        found = carried_projector(model)
+    elif archive is not None:
+        found = carried_projector(str(archive))
+    else:
+        found = None
+    return checked(found) if found is not None else None
+
+
+def carried_projector(spec: str) -> Optional[ModelSource]:
+    """The projector that the .pyz, llamafile or Ollama model `spec` carries, if any."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            return None  # a GGUF is a model or a projector, never both
+        if _ours(path):
+            try:
+                if read_manifest(path).gguf("projector") is None:
+                    return None
+            except ArchiveError as exc:
+                raise WeightsError(str(exc)) from None
+            return embedded(path.resolve(), "projector")
+        from runtime.sources import llamafile
+
+        try:
+            return llamafile.find_gguf_member(path.resolve(), projector=True)
+        except llamafile.LlamafileError as exc:
+            raise WeightsError(str(exc)) from None
+    name = spec[len("ollama:") :] if spec.startswith("ollama:") else spec
+    if spec.startswith("ollama:") or (OLLAMA_LIKE.fullmatch(spec) and not DIGEST.fullmatch(spec)):
+        from runtime.sources import ollama
+
+        try:
+            return ollama.resolve(name).projector
+        except ollama.OllamaError as exc:
+            raise WeightsError(str(exc)) from None
+    return None
 
 
 def _ours(path: Path) -> bool:
