@@ -260,3 +260,52 @@ def test_every_source_of_a_projector_sees_alike(
     store.add("blind", layers=[("model", tiny_gguf.read_bytes())])
     result = see(tiny_pyz, "--mmproj", "blind", *image)
     assert_clean_error(result, 1, "--mmproj blind: it carries no vision projector")
+
+
+def test_the_scheduler_seam_decodes_an_image_into_any_sequence(
+    tiny_gguf: Path, projector: Path, pictures: Path
+) -> None:
+    """In process: what the server's scheduler will do for a slot (`decode_image` out of band,
+    the text at `pos_at`, in sequence 1) leaves the same next-token logits as the one-shot's
+    `prefill` into sequence 0; another image leaves others."""
+    from runtime.engine import backend, cpu, vision
+    from runtime.engine import model as engine
+    from runtime.sources.source import ModelSource
+
+    def source(path: Path) -> ModelSource:
+        return ModelSource(path, 0, path.stat().st_size, path.name)
+
+    engine.set_verbose(False)
+    if not backend.backend_started():
+        engine.start_backend(cpu.choose().path)
+    llm = engine.Model(source(tiny_gguf), n_ctx=256, n_threads=2, n_seq_max=2)
+    with llm, vision.Vision(llm, source(projector), n_threads=2) as seen:
+        image = vision.read_images((str(pictures / "a.png"),))
+        prompt = vision.one_shot(seen, "hello", image)
+        n_text = len(llm.tokenize("hello"))
+        assert len(prompt) == n_text + 16 and prompt.image_tokens == 16
+        start = prompt.spans[1].start  # BOS, then the image, then the text
+        assert prompt.image_at(start) is not None and prompt.image_at(start + 1) is None
+        assert prompt.keep(start + 5) == start and prompt.keep(start + 16) == start + 16
+        assert prompt.text_until(0) == start and prompt.text_until(start + 16) == len(prompt)
+        assert prompt.pos_at(start + 16) == start + 16  # mlp: a position per image token
+        C = engine.bindings()
+
+        def logits() -> list[float]:
+            row = C.llama_get_logits_ith(llm._ctx, -1)
+            return [float(row[i]) for i in range(llm.n_vocab)]
+
+        held = vision.prefill(llm, prompt, [], 0)
+        assert held == list(prompt)
+        first = logits()
+        at = 0
+        while at < len(prompt):  # the scheduler's way, into sequence 1
+            n = vision.decode_image(llm, prompt, at, 1)
+            if not n:
+                n = prompt.text_until(at) - at
+                vision._decode_text(llm, list(prompt)[at : at + n], prompt.pos_at(at), 1)
+            at += n
+        assert max(abs(a - b) for a, b in zip(first, logits())) < 1e-4
+        other = vision.one_shot(seen, "hello", vision.read_images((str(pictures / "b.png"),)))
+        vision.prefill(llm, other, held, 0)
+        assert max(abs(a - b) for a, b in zip(first, logits())) > 1e-3  # another image

@@ -217,47 +217,73 @@ class Prompt(list[int]):
         """Decode into the model's one sequence what its memory does not hold of this prompt."""
         llm._cached = prefill(llm, self, llm._cached, 0)
 
+    def image_at(self, index: int) -> Optional[Span]:
+        """The image whose tokens start at `index`, if one does."""
+        return next((s for s in self.spans if s.image and s.start == index), None)
+
+    def keep(self, n: int) -> int:
+        """The longest prefix of at most `n` tokens that does not end inside an image."""
+        inside = next(
+            (s for s in self.spans if s.image and s.start < n < s.start + s.n_tokens), None
+        )
+        return inside.start if inside else n
+
+    def text_until(self, index: int) -> int:
+        """Where the text from `index` ends: the next image's first token, or the end."""
+        return next((s.start for s in self.spans if s.image and s.start >= index), len(self))
+
+    def pos_at(self, index: int) -> int:
+        """The position of token `index` (an image may take fewer positions than tokens: M-RoPE)."""
+        for s in self.spans:
+            if s.start <= index < s.start + s.n_tokens:
+                return s.pos + (index - s.start if not s.image else 0)
+        last = self.spans[-1] if self.spans else None
+        return last.pos + last.n_pos if last else 0
+
 
 def prefill(llm: Any, prompt: Prompt, cached: list[int], seq: int) -> list[int]:
     """Decode into sequence `seq` of `llm`'s memory the part of `prompt` that `cached` (what the
     sequence holds, as prompt tokens) lacks; an image is decoded whole or not at all. Returns
-    what the sequence holds afterwards. The server's scheduler calls it for an image slot."""
-    C, M = bindings(), prompt.vision._M
+    what the sequence holds afterwards (the prompt)."""
+    C = bindings()
     key = list(prompt)
     common = 0
     for a, b in zip(cached, key):
         if a != b:
             break
         common += 1
-    common = min(common, len(key) - 1)  # the last token is decoded again, for its logits
-    first = next(i for i, s in enumerate(prompt.spans) if s.start + s.n_tokens > common)
-    span = prompt.spans[first]
-    skip = 0 if span.image else common - span.start
-    keep_tokens, keep_pos = span.start + skip, span.pos + skip
+    keep = prompt.keep(min(common, len(key) - 1))  # the last token again, for its logits
     memory = C.llama_get_memory(llm._ctx)
-    if keep_tokens == 0:
-        C.llama_memory_seq_rm(memory, seq, -1, -1)
-    else:
-        C.llama_memory_seq_rm(memory, seq, keep_pos, -1)
-    held = key[:keep_tokens]
-    last = len(prompt.spans) - 1
-    for i in range(first, last + 1):
-        s = prompt.spans[i]
-        if s.image:
-            new_pos = C.llama_pos(0)
-            rc = M.mtmd_helper_eval_chunk_single(
-                prompt.vision._ctx, llm._ctx, s.chunk, s.pos, seq, llm.n_batch, i == last,
-                ctypes.byref(new_pos),
-            )  # fmt: skip
-            if rc != 0:
-                raise VisionError(f"llama.cpp failed to decode an image (code {rc})")
-            held += key[s.start : s.start + s.n_tokens]
-        else:
-            lead = skip if i == first else 0
-            tokens = key[s.start + lead : s.start + s.n_tokens]
-            _decode_text(llm, tokens, s.pos + lead, seq)
-            held += tokens
-    return held
+    C.llama_memory_seq_rm(memory, seq, prompt.pos_at(keep) if keep else -1, -1)
+    at = keep
+    while at < len(key):
+        n = decode_image(llm, prompt, at, seq)
+        if not n:
+            n = prompt.text_until(at) - at
+            _decode_text(llm, key[at : at + n], prompt.pos_at(at), seq)
+        at += n
+    return key
+
+
+def decode_image(llm: Any, prompt: Prompt, index: int, seq: int) -> int:
+    """Encode the image whose tokens start at `index` of `prompt` and decode it into sequence
+    `seq` at its positions, out of band (its own batches; non-causal attention where the model
+    wants it); the number of its tokens, 0 where no image starts there. The seam for the
+    server's scheduler: a slot whose pending tokens begin with an image calls it, then goes on
+    with `prompt.text_until` tokens in the shared batch, at `prompt.pos_at` positions."""
+    span = prompt.image_at(index)
+    if span is None:
+        return 0
+    C, M = bindings(), prompt.vision._M
+    new_pos = C.llama_pos(0)
+    last = span.start + span.n_tokens == len(prompt)
+    rc = M.mtmd_helper_eval_chunk_single(
+        prompt.vision._ctx, llm._ctx, span.chunk, span.pos, seq, llm.n_batch, last,
+        ctypes.byref(new_pos),
+    )  # fmt: skip
+    if rc != 0:
+        raise VisionError(f"llama.cpp failed to decode an image (code {rc})")
+    return span.n_tokens
 
 
 def _decode_text(llm: Any, tokens: list[int], pos: int, seq: int) -> None:
