@@ -50,7 +50,7 @@ LIB_FAMILIES = ("libllama", "libggml", "libggml-base", "libmtmd")
 LOADED_BY_NAME = ("libllama", "libmtmd")
 DIST_INFO_KEEP = re.compile(r"(METADATA|LICEN[CS]E.*|COPYING.*|top_level\.txt)$")
 ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
-FORMAT = 4  # bump when the zip's layout changes, to invalidate cached zips
+FORMAT = 5  # bump when the zip's layout changes, to invalidate cached zips
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,10 @@ def _dist_files(name: str) -> list[tuple[str, Path]]:
         # soname (.so.0) for libraries that other libraries link to.
         wanted = f"{family}.so" if family in LOADED_BY_NAME else f"{family}.so.0"
         pick = wanted if wanted in names else sorted(names, key=len)[0]
-        chosen.append(
-            (f"llama_cpp/lib/{pick}", Path(str(dist.locate_file(f"llama_cpp/lib/{pick}"))))
-        )
+        # libmtmd waits in the file beside the CPU variants until the first image
+        # (runtime/file/boot.py, runtime/engine/vision.py): a first start without one skips it.
+        arc = f"bin/{pick}" if family == "libmtmd" else f"llama_cpp/lib/{pick}"
+        chosen.append((arc, Path(str(dist.locate_file(f"llama_cpp/lib/{pick}")))))
     return chosen
 
 

@@ -58,12 +58,23 @@ def text_of(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def test_the_file_carries_libmtmd_and_its_bindings(vision_pyz: Path) -> None:
+def test_the_file_carries_libmtmd_and_extracts_it_at_the_first_image(
+    vision_pyz: Path, pictures: Path, tmp_path: Path
+) -> None:
     with zipfile.ZipFile(vision_pyz) as zf:
         names = set(zf.namelist())
-    assert "site-packages/llama_cpp/lib/libmtmd.so" in names
+    assert "site-packages/bin/libmtmd.so" in names  # one copy, beside the CPU variants
     assert "site-packages/llama_cpp/mtmd_cpp.py" in names
-    assert not any(n.startswith("site-packages/llama_cpp/lib/libmtmd.so.") for n in names)
+    assert not any(
+        "libmtmd.so." in n or n.startswith("site-packages/llama_cpp/lib/libmtmd") for n in names
+    )
+    env = dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache"))
+    assert run_pyz(vision_pyz, *FLAGS, "-p", "hello", env=env).returncode == 0
+    (site,) = (tmp_path / "cache" / "runtimes").glob("cp*/*/site-packages")
+    assert not (site / "bin" / "libmtmd.so").exists()  # a start without an image skips it
+    seen = run_pyz(vision_pyz, *FLAGS, "--image", str(pictures / "a.png"), "-p", "hi", env=env)
+    assert seen.returncode == 0, seen.stderr
+    assert (site / "bin" / "libmtmd.so").stat().st_size > 1_000_000
 
 
 def test_the_projector_loads_from_inside_the_file_and_its_tokens_count(

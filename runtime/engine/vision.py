@@ -16,13 +16,14 @@ import ctypes
 import hashlib
 import importlib
 import os
+import sys
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from runtime.engine import backend
-from runtime.engine.backend import EngineError, bindings, forget_log, last_log_error
+from runtime.engine.backend import EngineError, bindings, forget_log, last_log_error, lib_dir
 from runtime.engine.images import Checked
 from runtime.sources.source import ModelSource
 
@@ -35,8 +36,19 @@ class VisionError(EngineError):
 
 def mtmd() -> Any:
     """`llama_cpp.mtmd_cpp` (libmtmd's bindings), loaded into the same link chain as libllama:
-    libmtmd's libllama.so.0 and libggml.so.0 resolve to the copies already loaded."""
+    libmtmd's libllama.so.0 and libggml.so.0 resolve to the copies already loaded. A .pyz
+    keeps libmtmd beside the CPU variants until the first image, which extracts it."""
     bindings()
+    if "llama_cpp.mtmd_cpp" not in sys.modules and not (lib_dir() / "libmtmd.so").exists():
+        from runtime.engine import variants
+
+        carried = variants.native("libmtmd.so")
+        if carried is None:
+            raise VisionError("this file carries no libmtmd, llama.cpp's multimodal library")
+        try:
+            os.environ["MTMD_CPP_LIB"] = str(variants.extracted(carried).parent)
+        except variants.CpuError as exc:
+            raise VisionError(str(exc)) from None
     try:
         return importlib.import_module("llama_cpp.mtmd_cpp")
     except (OSError, RuntimeError, FileNotFoundError, ImportError) as exc:

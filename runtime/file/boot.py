@@ -23,6 +23,7 @@ VARIANT_FOLDER = "site-packages/bin/"
 VARIANT_PREFIX = "libggml-cpu-"
 # GPU backends and CUDA's libraries: in VARIANT_FOLDER too, extracted only when a device is used
 GPU_PREFIXES = ("libggml-vulkan", "libggml-cuda", "libcudart", "libcublas")
+MEDIA_PREFIXES = ("libmtmd",)  # images: there too, extracted at the first image
 PACKED_VARIANTS = "packed-variants.json"  # in VARIANT_FOLDER: file name -> size, left in the file
 DEFERRED_LIST = "deferred.json"  # at the zip's root: site-packages entries only a server needs
 DEFERRED_DONE = ".deferred-extracted"  # in site-packages, once those are extracted too
@@ -93,12 +94,13 @@ def python_tag() -> str:
 
 
 def _packed_variant(name: str) -> bool:
-    """A CPU backend variant (left in the file until it is chosen, `runtime.engine.cpu`) or
-    a GPU backend or library (until a device uses it, `runtime.engine.gpu`)."""
+    """A CPU backend variant (left in the file until it is chosen, `runtime.engine.cpu`),
+    a GPU backend or library (until a device uses it, `runtime.engine.gpu`), or libmtmd
+    (until the first image, `runtime.engine.vision`)."""
     if not name.startswith(VARIANT_FOLDER) or ".so" not in name:
         return False
     base = name[len(VARIANT_FOLDER) :]
-    return base.startswith(VARIANT_PREFIX) or base.startswith(GPU_PREFIXES)
+    return base.startswith(VARIANT_PREFIX) or base.startswith(GPU_PREFIXES + MEDIA_PREFIXES)
 
 
 def _wanted(name: str) -> bool:
