@@ -302,11 +302,6 @@ def main(**kw: Any) -> None:
             raise click.UsageError("give either --server or --cli, not both")
         if opts.server and (opts.chat or opts.prompt is not None):
             raise click.UsageError("--server serves requests: it takes no -p or --chat")
-        if opts.server and opts.spec_type.lower() not in ("auto", "none"):
-            raise click.UsageError(
-                f"--spec-type {opts.spec_type}: the server does not speculate yet "
-                "(use it with -p or chat)"
-            )
         if opts.images and (opts.prompt is None or opts.server or opts.embedding):
             raise click.UsageError("--image goes with -p (in a chat: /image PATH)")
         if opts.grammar_file and opts.json_schema:

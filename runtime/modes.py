@@ -46,15 +46,25 @@ def complete(
         out.write("\n")
 
 
-def speculate(llm: Any, opts: Options) -> None:
-    """Give the model the drafter -p and chat use (none where its memory cannot roll back)."""
+def drafters(llm: Any, opts: Options) -> Any:
+    """What makes each sequence's drafter under the flags, or None (also where the model's
+    memory cannot drop draft tokens again, which --verbose says)."""
     from runtime.engine import speculate as spec
 
-    llm.speculation = spec.for_run(opts.spec_type, opts.spec_draft_n_max, opts.spec_draft_n_min)
-    if llm.speculation is not None and not spec.can_roll_back(llm):
-        llm.speculation = None
+    new = spec.drafters(opts.spec_type, opts.spec_draft_n_max, opts.spec_draft_n_min)
+    if new is not None and not spec.can_roll_back(llm):
         if opts.verbose:
             click.echo("speculation: off (this model's memory cannot drop draft tokens)", err=True)
+        return None
+    return new
+
+
+def speculate(llm: Any, opts: Options) -> None:
+    """Give the model the drafter -p and chat use."""
+    from runtime.engine import speculate as spec
+
+    new = drafters(llm, opts)
+    llm.speculation = None if new is None else spec.Speculation(new())
 
 
 def vision_inputs(opts: Options, chatting: bool) -> tuple[Any, list[Any]]:
@@ -132,7 +142,7 @@ def serve(
         loaded.append(llm)
         fmt = templates.choose(llm, opts.chat_template, baked_template())
         click.echo(fmt.notice(), err=True)
-        work = service.Service(llm, slots=opts.parallel)
+        work = service.Service(llm, slots=opts.parallel, drafters=drafters(llm, opts))
         return server.ServerState(
             service=work,
             model=llm,
@@ -345,14 +355,15 @@ def print_system_info(
     if opts is not None:
         from runtime.engine.speculate import chosen
 
-        used = chosen(opts.spec_type, opts.server)
+        used = chosen(opts.spec_type)
         click.echo(
             f"speculation: {used}"
             + (
-                f" (n-gram prompt lookup, drafts up to {opts.spec_draft_n_max} tokens, for -p "
-                "and chat; the server does not speculate yet)"
+                f" (n-gram prompt lookup, drafts up to {opts.spec_draft_n_max} tokens, shorter "
+                "while several requests generate; off for models whose memory cannot drop "
+                "draft tokens)"
                 if used == "ngram"
-                else " (--spec-type none, or --server)"
+                else " (--spec-type none)"
             )
         )
 

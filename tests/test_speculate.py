@@ -64,13 +64,23 @@ def same(a: str, b: str) -> None:
     )
 
 
+def ngram() -> speculate.Speculation:
+    return speculate.Speculation(speculate.NgramDrafter(8, 0))
+
+
 class RandomDrafter:
     def __init__(self, n_vocab: int) -> None:
         self.rng = random.Random(7)
         self.n_vocab = n_vocab
         self.kept: list[int] = []
 
-    def propose(self, tokens: Sequence[int], n_max: int) -> list[int]:
+    def begin(self, tokens: Sequence[int]) -> None:
+        pass
+
+    def push(self, token: int) -> None:
+        pass
+
+    def propose(self, n_max: int, generating: int = 1) -> list[int]:
         return [self.rng.randrange(self.n_vocab) for _ in range(min(n_max, 4))]
 
     def accepted(self, n: int) -> None:
@@ -81,7 +91,7 @@ class RandomDrafter:
 @pytest.mark.parametrize("prompt", [CODE, QUOTE], ids=["code-edit", "quote"])
 def test_greedy_text_is_the_same_with_and_without(llm: Any, prompt: str) -> None:
     plain = complete(llm, prompt, 120, None, temp=0.0)
-    spec = speculate.for_run("auto", 8, 0)
+    spec = ngram()
     same(complete(llm, prompt, 120, spec, temp=0.0), plain)
     assert spec is not None and spec.drafted > 0
     if prompt is CODE:  # the answer copies the prompt: most drafts are kept
@@ -92,7 +102,7 @@ def test_greedy_text_is_the_same_with_and_without(llm: Any, prompt: str) -> None
 def test_seeded_sampling_is_the_same_with_and_without(llm: Any) -> None:
     args: dict[str, Any] = {"temp": 0.8, "seed": 1234}
     plain = complete(llm, CODE, 80, None, **args)
-    same(complete(llm, CODE, 80, speculate.for_run("ngram", 8, 0), **args), plain)
+    same(complete(llm, CODE, 80, ngram(), **args), plain)
 
 
 @pytest.mark.slow
@@ -108,7 +118,7 @@ def test_random_drafts_change_nothing(llm: Any) -> None:
 @pytest.mark.parametrize("n", [1, 2, 5, 17])
 def test_n_predict_is_never_exceeded(llm: Any, n: int) -> None:
     plain = complete(llm, CODE, n, None, temp=0.0)
-    spec = speculate.for_run("ngram", 8, 0)
+    spec = ngram()
     text = complete(llm, CODE, n, spec, temp=0.0)
     assert llm.produced <= n
     same(text, plain)
@@ -118,10 +128,10 @@ def test_n_predict_is_never_exceeded(llm: Any, n: int) -> None:
 def test_memory_holds_what_the_model_says_it_holds(llm: Any) -> None:
     # Chat reuses the context's prefix: a second turn over a speculated first must give
     # what a fresh context gives.
-    first = complete(llm, CODE, 60, speculate.for_run("ngram", 8, 0), temp=0.0)
+    first = complete(llm, CODE, 60, ngram(), temp=0.0)
     assert llm._cached == llm.tokenize(CODE) + llm._cached[len(llm.tokenize(CODE)) :]
     follow = CODE + first + "\n\nNow the same function again:\n\n```python\n"
-    reused = complete(llm, follow, 60, speculate.for_run("ngram", 8, 0), temp=0.0)
+    reused = complete(llm, follow, 60, ngram(), temp=0.0)
     llm._cached = []  # the next prefill clears the memory
     same(reused, complete(llm, follow, 60, None, temp=0.0))
 
@@ -132,7 +142,7 @@ def test_grammar_still_holds(llm: Any) -> None:
     gbnf = grammar.from_schema(schema)
     prompt = CODE + "def count(items):\n```\n\nThe function's name as JSON: "
     plain = complete(llm, prompt, 60, None, temp=0.0, grammar=gbnf)
-    text = complete(llm, prompt, 60, speculate.for_run("ngram", 8, 0), temp=0.0, grammar=gbnf)
+    text = complete(llm, prompt, 60, ngram(), temp=0.0, grammar=gbnf)
     same(text, plain)
     assert "name" in json.loads(text)
 
@@ -160,7 +170,6 @@ def test_system_info_says_what_speculation_a_run_uses(tiny_pyz: Path) -> None:
         (("--spec-type", "bogus"), "Invalid value for '--spec-type'"),
         (("--spec-draft-n-max", "0"), "Invalid value for '--spec-draft-n-max'"),
         (("--spec-draft-n-min", "-1"), "Invalid value for '--spec-draft-n-min'"),
-        (("--server", "--spec-type", "ngram"), "the server does not speculate yet"),
     ],
 )
 def test_bad_speculation_flags_are_usage_errors(
@@ -170,14 +179,36 @@ def test_bad_speculation_flags_are_usage_errors(
     assert_clean_error(result, 2, text)
 
 
-def test_ngram_lookup_and_backoff() -> None:
-    assert speculate.lookup([1, 2, 3, 4, 5, 9, 2, 3], 3) == [4, 5, 9]
-    assert speculate.lookup([1, 2, 3], 3) == []
+def drafter(tokens: list[int]) -> speculate.NgramDrafter:
     d = speculate.NgramDrafter(8, 0)
-    assert d.propose([5, 6, 7, 8, 5, 6], 8) == [7, 8]  # starts short
+    d.begin(tokens)
+    return d
+
+
+def test_ngram_lookup_and_backoff() -> None:
+    assert drafter([1, 2, 3, 4, 5, 9, 2, 3]).lookup(3) == [4, 5, 9]
+    assert drafter([7, 1, 2, 3, 4, 1, 2, 3]).lookup(3) == [4, 1, 2]  # the longest tail wins
+    assert drafter([1, 2, 9, 2, 8, 2]).lookup(2) == [8, 2]  # the latest copy wins
+    assert drafter([1, 2, 3]).lookup(3) == []
+    d = drafter([5, 6, 7, 8, 5, 6])
+    assert d.propose(8) == [7, 8]  # starts short
     d.accepted(2)
-    assert len(d.propose([5, 6, 7, 8, 9, 10, 11, 5, 6], 8)) == 4  # kept whole: grows
+    for token in [9, 10, 11, 5, 6]:
+        d.push(token)
+    assert len(d.propose(8)) == 4  # kept whole: grows
+    d = drafter([1, 2, 1])
     for _ in range(3):
-        d.propose([1, 2, 1], 8)
+        assert d.propose(8)
         d.accepted(0)
-    assert d.propose([1, 2, 1], 8) == []  # misses in a row: a pause
+    assert d.propose(8) == []  # misses in a row: a pause
+
+
+def test_busy_batches_draft_only_what_pays() -> None:
+    d = drafter([1, 2, 3, 1, 2])
+    assert d.propose(8, generating=4) == [3, 1]  # hopeful at first
+    d.accepted(0)
+    assert d.propose(8, generating=4) == [3]
+    d.accepted(0)
+    assert d.rate < 4 / (4 + 3)
+    assert d.propose(8, generating=4) == []  # too few kept for a full batch
+    assert d.propose(8, generating=1) == [3]  # alone, drafting still pays

@@ -22,7 +22,7 @@ TOP_P = 0.95
 MIN_P = 0.05
 REPEAT_PENALTY = 1.0
 SEED = -1  # random
-SPEC_TYPE = "auto"  # n-gram drafts for -p and chat; the server does not speculate yet
+SPEC_TYPE = "auto"  # n-gram drafts in every mode
 SPEC_DRAFT_N_MAX = 8  # the longest draft (a CPU loses on long drafts that fail early)
 SPEC_DRAFT_N_MIN = 0  # a shorter draft than this is not verified
 SPEC_DRAFT_START = 2  # a run's first draft length; it doubles while drafts are kept whole
@@ -32,3 +32,10 @@ SPEC_MISSES_BEFORE_PAUSE = 3  # drafts in a row kept not at all, then drafting p
 SPEC_PAUSE = 8  # steps of that pause (times the pauses so far)
 IMAGE_MAX_BYTES = 20_000_000  # an image file (checked before decoding)
 IMAGE_MAX_PIXELS = 50_000_000  # width x height, read from the header before decoding
+# While g sequences generate in one batch, a drafted token costs about 1 / (g + STEP_COST)
+# of the step it rides on (a one-token step costs STEP_COST + 1 batch tokens: llama-bench's
+# T(k) ~ 0.75 + 0.25 k on this project's 2-core CPU), so drafting pays while the share of
+# drafts kept exceeds g / (g + STEP_COST).
+SPEC_STEP_COST = 3.0
+SPEC_RATE_WEIGHT = 0.3  # how fast the kept share follows the latest draft
+SPEC_RATE_RECOVERY = 0.05  # how fast a sequence that stopped drafting grows hopeful again

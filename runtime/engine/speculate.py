@@ -13,7 +13,7 @@ way can differ.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -26,9 +26,14 @@ SPEC_TYPES = ("auto", "none", *NGRAM_NAMES)
 
 
 class Drafter(Protocol):
-    """What guesses the next tokens: propose a draft, then hear how much of it was kept."""
+    """What guesses the next tokens of one sequence: hear the text so far and each token
+    emitted after it, propose a draft, then hear how much of it was kept."""
 
-    def propose(self, tokens: Sequence[int], n_max: int) -> list[int]: ...
+    def begin(self, tokens: Sequence[int]) -> None: ...
+
+    def push(self, token: int) -> None: ...
+
+    def propose(self, n_max: int, generating: int = 1) -> list[int]: ...
 
     def accepted(self, n: int) -> None: ...
 
@@ -38,7 +43,9 @@ class NgramDrafter:
 
     The draft starts short, grows while it is kept whole, shrinks after a miss, and after
     several drafts in a row that were not kept at all, drafting pauses for a while (longer
-    each time), so free-form text costs little more than plain decoding.
+    each time), so free-form text costs little more than plain decoding. While other
+    sequences generate in the same batch, each extra token costs nearly as much as it can
+    win, so a sequence drafts only while its recent acceptance rate pays for it.
     """
 
     def __init__(
@@ -47,20 +54,48 @@ class NgramDrafter:
         self.n_max = max(1, n_max)
         self.n_min = n_min
         self.length = min(settings.SPEC_DRAFT_START, self.n_max)
+        self.rate = 1.0  # recent share of drafted tokens kept (a moving average)
+        self.tokens: list[int] = []
+        # n-gram -> the latest position it starts at that a token follows
+        self._seen: dict[tuple[int, ...], int] = {}
         self._last = 0  # the length of the last draft proposed
         self._misses = 0  # drafts in a row of which nothing was kept
         self._pause = 0  # steps left without drafting
         self._pauses = 0  # pauses so far (each is longer)
 
-    def propose(self, tokens: Sequence[int], n_max: int) -> list[int]:
+    def begin(self, tokens: Sequence[int]) -> None:
+        self.tokens, self._seen = [], {}
+        for token in tokens:
+            self.push(token)
+
+    def push(self, token: int) -> None:
+        tokens, end = self.tokens, len(self.tokens)
+        for n in range(settings.SPEC_NGRAM_MIN, min(settings.SPEC_NGRAM_MAX, end) + 1):
+            self._seen[tuple(tokens[end - n :])] = end - n
+        tokens.append(token)
+
+    def lookup(self, want: int) -> list[int]:
+        """Up to `want` tokens that followed the latest earlier occurrence of the longest
+        tail n-gram (settings.SPEC_NGRAM_MAX down to SPEC_NGRAM_MIN tokens)."""
+        tokens, size = self.tokens, len(self.tokens)
+        for n in range(min(settings.SPEC_NGRAM_MAX, size), settings.SPEC_NGRAM_MIN - 1, -1):
+            start = self._seen.get(tuple(tokens[size - n :]))
+            if start is not None:
+                return tokens[start + n : start + n + want]
+        return []
+
+    def propose(self, n_max: int, generating: int = 1) -> list[int]:
         self._last = 0
         if self._pause > 0:
             self._pause -= 1
             return []
+        if generating > 1 and self.rate < generating / (generating + settings.SPEC_STEP_COST):
+            self.rate += (1.0 - self.rate) * settings.SPEC_RATE_RECOVERY  # try again later
+            return []
         want = min(self.length, self.n_max, n_max)
         if want <= 0:
             return []
-        draft = lookup(tokens, want)
+        draft = self.lookup(want)
         if len(draft) < max(1, self.n_min):
             return []
         self._last = len(draft)
@@ -69,6 +104,7 @@ class NgramDrafter:
     def accepted(self, n: int) -> None:
         if self._last == 0:
             return
+        self.rate += (n / self._last - self.rate) * settings.SPEC_RATE_WEIGHT
         if n >= self._last:
             self.length = min(self.n_max, self.length * 2)
             self._misses = 0
@@ -82,22 +118,6 @@ class NgramDrafter:
         else:
             self.length = max(1, n + 1)
             self._misses = 0
-
-
-def lookup(tokens: Sequence[int], want: int) -> list[int]:
-    """Up to `want` tokens that followed the latest earlier occurrence of the longest tail
-    n-gram (settings.SPEC_NGRAM_MAX down to SPEC_NGRAM_MIN tokens)."""
-    size = len(tokens)
-    for n in range(settings.SPEC_NGRAM_MAX, settings.SPEC_NGRAM_MIN - 1, -1):
-        if size <= n:
-            continue
-        tail = list(tokens[size - n :])
-        first = tail[0]
-        # Latest start first: text being copied is usually the text copied most recently.
-        for start in range(size - n - 1, -1, -1):
-            if tokens[start] == first and list(tokens[start : start + n]) == tail:
-                return list(tokens[start + n : start + n + want])
-    return []
 
 
 @dataclass
@@ -119,19 +139,17 @@ class Speculation:
         )
 
 
-def chosen(spec_type: str, server: bool) -> str:
+def chosen(spec_type: str) -> str:
     """What --spec-type means for a run: "ngram" or "none"."""
     name = spec_type.lower()
-    if name == "auto":
-        return "none" if server else "ngram"
-    return "ngram" if name in NGRAM_NAMES else "none"
+    return "ngram" if name == "auto" or name in NGRAM_NAMES else "none"
 
 
-def for_run(spec_type: str, n_max: int, n_min: int) -> Optional[Speculation]:
-    """The Speculation a one-shot or chat run uses, or None."""
-    if chosen(spec_type, server=False) == "none":
+def drafters(spec_type: str, n_max: int, n_min: int) -> Optional[Callable[[], Drafter]]:
+    """What makes a new sequence's drafter under these flags, or None: no speculation."""
+    if chosen(spec_type) == "none":
         return None
-    return Speculation(NgramDrafter(n_max, n_min))
+    return lambda: NgramDrafter(n_max, n_min)
 
 
 def can_roll_back(model: Any) -> bool:
@@ -159,12 +177,12 @@ def generate(
     n_ctx = model.n_ctx
     cap = min(model.n_batch, n_ctx)
     batch = C.llama_batch_init(cap, 0, 1)
-    history = list(prompt)  # the prompt and every emitted token
+    spec.drafter.begin(prompt)
 
     def emit(token: int) -> str:
         """Count `token` as produced and return the text it completes."""
         model.produced += 1
-        history.append(token)
+        spec.drafter.push(token)
         return str(decoder.decode(model.piece(token)))
 
     try:
@@ -185,7 +203,7 @@ def generate(
             limit = min(cap - 1, n_ctx - 2 - base)
             if n_predict >= 0:
                 limit = min(limit, n_predict - model.produced - 1)
-            draft = spec.drafter.propose(history, limit)[: max(0, limit)] if limit > 0 else []
+            draft = spec.drafter.propose(limit)[: max(0, limit)] if limit > 0 else []
             step = [token, *draft]
             for i, t in enumerate(step):
                 batch.token[i] = t

@@ -4,17 +4,23 @@ Each request holds a slot (a llama.cpp sequence id, its own sampler chain, stop 
 limits); prompts are decoded in chunks alongside other requests' generated tokens, the way
 llama-server's slots work. A slot keeps the tokens its sequence holds, so a follow-up that
 shares a prefix with an earlier request (a chat's next turn) skips re-reading it.
+
+With speculation, a generating slot's row is [last token, *draft] with logits on every
+position; the slot's own sampler then keeps the draft while it agrees (engine/speculate.py's
+rule) and the rejected positions leave the sequence again, so `cached` stays what it holds.
 """
 
 from __future__ import annotations
 
 import codecs
+import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from runtime.chat.stops import StopFilter
 from runtime.engine import logprobs
 from runtime.engine.model import EngineError
+from runtime.engine.speculate import Drafter
 from runtime.serve.jobs import Job
 
 
@@ -29,14 +35,35 @@ class Slot:
     produced: int = 0
     decoder: Any = None
     stops: Optional[StopFilter] = None
+    drafter: Optional[Drafter] = None
+    unsent: str = ""  # text of this step's tokens, sent together once the step is read
+    drafted: int = 0  # draft tokens verified for this job
+    accepted: int = 0  # of them, those the model agreed with
+    prompt_n: int = 0  # prompt tokens decoded (those after the reused prefix)
+    started: float = 0.0  # when the job took the slot (perf_counter)
+    read: float = 0.0  # when its prompt was read (0.0: not yet)
+
+
+@dataclass
+class Row:
+    """One slot's tokens in a batch: a prompt chunk, or a generating slot's [last, *draft]."""
+
+    slot: Slot
+    tokens: list[int]
+    generating: bool
+    logits: int  # the trailing positions whose logits are read (0 for a prompt's inner chunk)
 
 
 class Scheduler:
-    """Runs jobs on `model` (an engine.Model made with n_seq_max >= slots), several at once."""
+    """Runs jobs on `model` (an engine.Model made with n_seq_max >= slots), several at once;
+    `drafters` makes each job's drafter (None: no speculation)."""
 
-    def __init__(self, model: Any, slots: int) -> None:
+    def __init__(
+        self, model: Any, slots: int, drafters: Optional[Callable[[], Drafter]] = None
+    ) -> None:
         self.model = model
         self.C = model._C
+        self.drafters = drafters
         self.slots = [Slot(seq=i) for i in range(slots)]
         self.capacity = max(model.n_batch, slots)
         self.batch = self.C.llama_batch_init(self.capacity, 0, 1)
@@ -73,6 +100,11 @@ class Scheduler:
         slot.produced = 0
         slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         slot.stops = StopFilter(job.stops)
+        slot.drafted = slot.accepted = 0
+        slot.prompt_n, slot.started, slot.read = len(slot.pending), time.perf_counter(), 0.0
+        slot.drafter = self.drafters() if self.drafters is not None else None
+        if slot.drafter is not None:
+            slot.drafter.begin(job.prompt)
 
     @property
     def busy(self) -> int:
@@ -85,85 +117,159 @@ class Scheduler:
         if error is not None:
             job.on_event("error", error)
         else:
-            tail = slot.stops.flush() + slot.decoder.decode(b"", final=True)
+            tail = slot.unsent + slot.stops.flush() + slot.decoder.decode(b"", final=True)
             if tail:
                 job.emit(tail)
-            job.on_event("done", {"finish_reason": reason, "completion_tokens": slot.produced})
+            job.on_event(
+                "done",
+                {
+                    "finish_reason": reason,
+                    "completion_tokens": slot.produced,
+                    "timings": self._timings(slot),
+                },
+            )
         if slot.sampler is not None:
             self.C.llama_sampler_free(slot.sampler)
         slot.job, slot.sampler, slot.last, slot.pending = None, None, None, []
+        slot.drafter, slot.unsent = None, ""
+
+    def _timings(self, slot: Slot) -> dict[str, Any]:
+        """The raw parts of llama-server's `timings` (serve/replies.py completes them)."""
+        now = time.perf_counter()
+        read = slot.read or now
+        spent: dict[str, Any] = {
+            "prompt_n": slot.prompt_n,
+            "prompt_ms": 1000.0 * (read - slot.started),
+            "predicted_n": slot.produced,
+            "predicted_ms": 1000.0 * (now - read),
+        }
+        if slot.drafter is not None:
+            spent.update(draft_n=slot.drafted, draft_n_accepted=slot.accepted)
+        return spent
 
     def step(self) -> None:
-        """Decode one batch: a token for each generating slot, prompt chunks for the rest."""
+        """Decode one batch: the next tokens of each generating slot, prompt chunks for the rest."""
         C, batch = self.C, self.batch
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled.is_set():
                 self._finish(slot, "cancelled")
-        rows: list[tuple[Slot, list[int], bool]] = []  # slot, tokens, wants logits
+        rows: list[Row] = []
         room = self.capacity
-        for slot in self.slots:
-            if slot.job is not None and slot.last is not None and room:
-                rows.append((slot, [slot.last], True))
-                room -= 1
+        generating = [s for s in self.slots if s.job is not None and s.last is not None]
+        for slot in generating:
+            if not room:
+                break
+            assert slot.last is not None
+            tokens = [slot.last, *self._draft(slot, len(generating), room - 1)]
+            rows.append(Row(slot, tokens, True, len(tokens)))
+            room -= len(tokens)
         for slot in self.slots:
             if slot.job is not None and slot.pending and room:
                 chunk = slot.pending[:room]
-                rows.append((slot, chunk, len(chunk) == len(slot.pending)))
+                rows.append(Row(slot, chunk, False, int(len(chunk) == len(slot.pending))))
                 room -= len(chunk)
         if not rows:
             return
         n = 0
-        sample_at: list[tuple[Slot, int]] = []
-        for slot, tokens, wants in rows:
-            start = len(slot.cached)
-            for i, token in enumerate(tokens):
+        verify: list[tuple[Row, int]] = []  # a row whose logits are read, at its first index
+        for row in rows:
+            start = len(row.slot.cached)
+            first = len(row.tokens) - row.logits
+            for i, token in enumerate(row.tokens):
                 batch.token[n] = token
                 batch.pos[n] = start + i
                 batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = slot.seq
-                last = i == len(tokens) - 1
-                batch.logits[n] = 1 if wants and last else 0
-                if wants and last:
-                    sample_at.append((slot, n))
+                batch.seq_id[n][0] = row.slot.seq
+                batch.logits[n] = int(i >= first)
+                if i == first:
+                    verify.append((row, n))
                 n += 1
         batch.n_tokens = n
         rc = C.llama_decode(self.model._ctx, batch)
         if rc != 0:
-            self._overflow(rc, rows)
+            self._overflow(rc, [row.slot for row in rows])
             return
-        for slot, tokens, _ in rows:
-            slot.cached += tokens
-            if slot.last is not None and tokens == [slot.last]:
-                slot.last = None
+        for row in rows:
+            row.slot.cached += row.tokens
+            if row.generating:
+                row.slot.last = None
             else:
-                del slot.pending[: len(tokens)]
-        for slot, index in sample_at:
-            self._sample(slot, index)
+                del row.slot.pending[: len(row.tokens)]
+        for row, index in verify:
+            self._verify(row.slot, index, row.tokens[1:] if row.generating else [])
 
-    def _sample(self, slot: Slot, index: int) -> None:
-        C, job = self.C, slot.job
+    def _draft(self, slot: Slot, generating: int, room: int) -> list[int]:
+        """The draft to verify after `slot.last`: within the room left in the batch, the
+        context and the job's token limit (the last draft token's logits give one more)."""
+        job = slot.job
+        if slot.drafter is None or job is None:
+            return []
+        limit = min(room, self.model.n_ctx - 2 - len(slot.cached))
+        if job.n_predict >= 0:
+            limit = min(limit, job.n_predict - slot.produced - 1)
+        if limit <= 0:
+            return []
+        draft = slot.drafter.propose(limit, generating)[:limit]
+        slot.drafted += len(draft)
+        return draft
+
+    def _verify(self, slot: Slot, index: int, draft: list[int]) -> None:
+        """Sample from `index` on: keep each draft token the sampler agrees with, emit every
+        sampled token, and drop the rejected draft tokens from the sequence again."""
+        C = self.C
+        held = len(slot.cached)  # positions the sequence holds now, the draft's included
+        slot.read = slot.read or time.perf_counter()
+        del slot.cached[held - len(draft) :]
+        drafter, kept = slot.drafter, 0
+        for i in range(len(draft) + 1):
+            token = int(C.llama_sampler_sample(slot.sampler, self.model._ctx, index + i))
+            agreed = i < len(draft) and token == draft[i]
+            slot.accepted += agreed
+            if not self._take(slot, token, index + i):
+                break
+            if not agreed:
+                slot.last = token  # decoded in the next step
+                break
+            slot.cached.append(token)
+            kept += 1
+        if draft and drafter is not None:
+            drafter.accepted(kept)
+        if slot.job is not None and slot.unsent:
+            slot.job.emit(slot.unsent)
+            slot.unsent = ""
+        if len(slot.cached) < held:
+            memory = C.llama_get_memory(self.model._ctx)
+            if not C.llama_memory_seq_rm(memory, slot.seq, len(slot.cached), -1):
+                C.llama_memory_seq_rm(memory, slot.seq, -1, -1)
+                slot.cached = []
+                if slot.job is not None:
+                    message = "llama.cpp could not drop the rejected draft tokens"
+                    self._finish(slot, "error", EngineError(message))
+
+    def _take(self, slot: Slot, token: int, index: int) -> bool:
+        """Emit `token`, sampled at batch `index`; False once the job has finished."""
+        job = slot.job
         assert job is not None and slot.stops is not None
-        token = int(C.llama_sampler_sample(slot.sampler, self.model._ctx, index))
-        if C.llama_vocab_is_eog(self.model._vocab, token):
+        if self.C.llama_vocab_is_eog(self.model._vocab, token):
             self._finish(slot, "stop")
-            return
+            return False
         slot.produced += 1
+        if slot.drafter is not None:
+            slot.drafter.push(token)
         if job.logprobs is not None:
             chosen, top = logprobs.at(self.model, index, token, job.logprobs)
             job.token_logprobs.append((token, chosen, top))
-        text = slot.stops.feed(slot.decoder.decode(self.model.piece(token)))
-        if text:
-            job.emit(text)
+        slot.unsent += slot.stops.feed(slot.decoder.decode(self.model.piece(token)))
         if slot.stops.stopped:
             self._finish(slot, "stop")
         elif 0 <= job.n_predict <= slot.produced or len(slot.cached) + 1 >= self.model.n_ctx:
             self._finish(slot, "length")
         else:
-            slot.last = token
+            return True
+        return False
 
-    def _overflow(self, rc: int, rows: list[tuple[Slot, list[int], bool]]) -> None:
+    def _overflow(self, rc: int, busy: list[Slot]) -> None:
         """The shared context is full (rc 1): end the longest request so the others go on."""
-        busy = [slot for slot, _, _ in rows]
         if rc != 1 or len(busy) == 0:
             for slot in busy:
                 self._finish(slot, "error", EngineError(f"llama.cpp failed to decode (code {rc})"))

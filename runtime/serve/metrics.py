@@ -25,6 +25,12 @@ class Metrics:
         self.generated_tokens = Counter(
             "llamapyz_generated_tokens", "Tokens generated.", registry=r
         )
+        self.drafted = Counter(
+            "llamapyz_draft_tokens", "Draft tokens verified (speculative decoding).", registry=r
+        )
+        self.accepted = Counter(
+            "llamapyz_draft_accepted_tokens", "Draft tokens the model agreed with.", registry=r
+        )
         self.speed = Histogram(
             "llamapyz_tokens_per_second",
             "Generated tokens per second of each request, prompt included.",
@@ -43,6 +49,9 @@ class Metrics:
         self.requests.inc()
         self.prompt_tokens.inc(len(job.prompt))
         self.generated_tokens.inc(made)
+        spent = done.get("timings", {})
+        self.drafted.inc(spent.get("draft_n", 0))
+        self.accepted.inc(spent.get("draft_n_accepted", 0))
         if seconds > 0 and made:
             self.speed.observe(made / seconds)
 

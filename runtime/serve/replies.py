@@ -75,6 +75,7 @@ async def answer(
         "model": model_id,
         "choices": picked,
         "usage": usage(jobs, dones),
+        "timings": timings(dones),
     }
 
 
@@ -112,6 +113,26 @@ def usage(jobs: list[Job], dones: dict[int, dict[str, Any]]) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+
+
+def timings(dones: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """llama-server's `timings` of a reply: the prompt's and the generation's tokens and
+    milliseconds, and with speculation the draft tokens verified and accepted (summed over
+    the choices; the prompt is read once)."""
+    spent = [d["timings"] for d in dones.values() if "timings" in d]
+    if not spent:
+        return {}
+    out: dict[str, Any] = {"prompt_n": spent[0]["prompt_n"], "prompt_ms": spent[0]["prompt_ms"]}
+    out["predicted_n"] = sum(t["predicted_n"] for t in spent)
+    out["predicted_ms"] = max(t["predicted_ms"] for t in spent)
+    for what in ("prompt", "predicted"):
+        n, ms = out[f"{what}_n"], out[f"{what}_ms"]
+        out[f"{what}_per_token_ms"] = ms / n if n else 0.0
+        out[f"{what}_per_second"] = 1000.0 * n / ms if ms else 0.0
+    if any("draft_n" in t for t in spent):
+        out["draft_n"] = sum(t.get("draft_n", 0) for t in spent)
+        out["draft_n_accepted"] = sum(t.get("draft_n_accepted", 0) for t in spent)
+    return out
 
 
 def _attach(jobs: list[Job]) -> Events:
@@ -177,7 +198,8 @@ async def deltas(
     request: Request,
     observe: Optional[Observer],
 ) -> AsyncIterator[tuple[str, Any]]:
-    """The streamed reply as ("choice", (index, fields, finish)), then ("usage", …) or ("error", …)."""
+    """The streamed reply as ("choice", (index, fields, finish)), then ("timings", …) and
+    ("usage", …), or ("error", …)."""
     started = time.monotonic()
     readers = [choices.Streamer(reading, job) for job in jobs]
     dones: dict[int, dict[str, Any]] = {}
@@ -201,6 +223,7 @@ async def deltas(
                     {"delta": {}} if reading.chat else {"text": "", "logprobs": None}
                 )
                 yield "choice", (index, closing, finish)
+        yield "timings", timings(dones)
         yield "usage", usage(jobs, dones)
     finally:
         for job in jobs:
@@ -238,14 +261,17 @@ def _stream(
             for i in range(len(jobs)):
                 opening = {"delta": {"role": "assistant", "content": ""}}
                 yield chunk([{"index": i, **opening, "finish_reason": None}])
+        spent: dict[str, Any] = {}
         async for kind, value in deltas(events, reading, jobs, request, observe):
             if kind == "choice":
                 index, fields, finish = value
                 yield chunk([{"index": index, **fields, "finish_reason": finish}])
             elif kind == "error":
                 yield {"data": json.dumps({"error": {"message": value, "type": "server_error"}})}
+            elif kind == "timings":
+                spent = value
             elif kind == "usage" and include_usage:
-                yield chunk([], usage=value)
+                yield chunk([], usage=value, timings=spent)
         yield {"data": "[DONE]"}
 
     return EventSourceResponse(produce(), ping=15)

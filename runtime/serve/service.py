@@ -25,9 +25,12 @@ class Lost(Exception):
 class Service:
     """Runs jobs on the model, in arrival order, on its own thread."""
 
-    def __init__(self, model: Any, slots: int = 1, max_waiting: int = 64) -> None:
+    def __init__(
+        self, model: Any, slots: int = 1, max_waiting: int = 64, drafters: Any = None
+    ) -> None:
         self.model = model
         self.slots = slots
+        self.drafters = drafters  # makes each request's drafter (engine/speculate.py), or None
         self._jobs: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_waiting)
         self.lost: Optional[str] = None
         from runtime.engine import backend
@@ -82,7 +85,7 @@ class Service:
     def _run(self) -> None:
         from runtime.serve.batch import Scheduler
 
-        scheduler = Scheduler(self.model, self.slots)
+        scheduler = Scheduler(self.model, self.slots, self.drafters)
         self.scheduler = scheduler
         try:
             while True:

@@ -325,6 +325,8 @@ class Shell:
             if kind == "error":
                 yield self.event("error", message=value, code="server_error")
                 return
+            if kind == "timings":
+                continue
             if kind == "usage":
                 for e in close():
                     yield e
