@@ -12,6 +12,7 @@ import click
 
 from runtime.engine import settings
 from runtime.engine.gpu import WORDS as GPU_WORDS
+from runtime.engine.speculate import SPEC_TYPES
 from runtime.file.boot import archive
 from runtime.options import Options
 
@@ -179,11 +180,26 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option(
     "--spec-type",
-    type=click.Choice(["auto", "none", "ngram", "ngram-simple", "ngram-mod", "ngram-cache"]),
+    type=click.Choice(list(SPEC_TYPES)),
     default=settings.SPEC_TYPE,
     show_default=True,
-    help="Speculative decoding: ngram drafts from the prompt and output (-p and chat); "
-    "auto is ngram, and none with --server.",
+    help="Speculative decoding: ngram drafts from the prompt and output, draft the draft "
+    "model's; auto is both (n-gram first) where there is a draft model, else ngram.",
+)
+@click.option(
+    "-md",
+    "--model-draft",
+    "model_draft",
+    metavar="SPEC",
+    help="A draft model (.gguf, .pyz, Ollama name) with the model's vocabulary; default: the "
+    "one packed in the file with --draft.",
+)
+@click.option(
+    "-ngld",
+    "--spec-draft-ngl",
+    "spec_draft_ngl",
+    metavar="N|auto|all",
+    help="The draft model's layers on the GPU (default: as -ngl).",
 )
 @click.option(
     "--spec-draft-n-max",

@@ -47,11 +47,12 @@ def complete(
 
 
 def drafters(llm: Any, opts: Options) -> Any:
-    """What makes each sequence's drafter under the flags, or None (also where the model's
-    memory cannot drop draft tokens again, which --verbose says)."""
+    """What makes each sequence's drafter under the flags (with the draft model open_model
+    loaded, if any), or None (also where the model's memory cannot drop draft tokens again,
+    which --verbose says)."""
     from runtime.engine import speculate as spec
 
-    new = spec.drafters(opts.spec_type, opts.spec_draft_n_max, opts.spec_draft_n_min)
+    new = spec.drafters(opts.spec_type, opts.spec_draft_n_max, opts.spec_draft_n_min, llm.draft)
     if new is not None and not spec.can_roll_back(llm):
         if opts.verbose:
             click.echo("speculation: off (this model's memory cannot drop draft tokens)", err=True)
@@ -64,7 +65,58 @@ def speculate(llm: Any, opts: Options) -> None:
     from runtime.engine import speculate as spec
 
     new = drafters(llm, opts)
-    llm.speculation = None if new is None else spec.Speculation(new())
+    llm.speculation = (
+        None
+        if new is None
+        else spec.Speculation(new(0), spec.chosen(opts.spec_type, llm.draft is not None))
+    )
+
+
+def open_draft(opts: Options, source: Any, llm: Any, rpc_offload: Any, choice: Any) -> Any:
+    """The draft model for `llm` (-md, else the one packed beside it), where the flags use
+    one; its vocabulary checked against the model's: a mismatch is one sentence."""
+    from dataclasses import replace
+
+    from runtime.engine import draft, gpu, speculate
+    from runtime.engine import model as engine
+    from runtime.sources import resolve
+
+    kind = opts.spec_type.lower()
+    if kind == "none" or kind in speculate.NGRAM_NAMES:
+        return None
+    found = resolve.draft_for(opts.model_draft, source)
+    if found is None:
+        if kind in speculate.DRAFT_NAMES:
+            raise engine.EngineError(
+                f"--spec-type {opts.spec_type} needs a draft model: give one with -md, or pack "
+                "one into the file with pack build --draft"
+            )
+        return None
+    plan = None
+    if rpc_offload is None:
+        plan = gpu_plan(
+            replace(opts, n_gpu_layers=opts.spec_draft_ngl or opts.n_gpu_layers), found, choice
+        )
+    backends = [d.backend for d in plan.devices] if plan else []
+    model = engine.Model(
+        found,
+        n_ctx=llm.n_ctx,
+        n_batch=settings.N_BATCH,
+        n_threads=opts.threads or settings.default_threads(),
+        use_mmap=not opts.no_mmap,
+        n_seq_max=opts.parallel if opts.server else 1,
+        offload=plan.offload if plan else None,
+        flash_attn=gpu.flash_attn(opts.flash_attn, backends),
+    )
+    why = draft.vocab_mismatch(llm, model)
+    if why:
+        model.close()
+        raise engine.EngineError(
+            f"{found.label} cannot be the draft model of {source.label}: {why}"
+        )
+    if opts.verbose:
+        click.echo(f"draft model: {found.label}", err=True)
+    return draft.DraftModel(model)
 
 
 def vision_inputs(opts: Options, chatting: bool) -> tuple[Any, list[Any]]:
@@ -320,6 +372,11 @@ def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any
     if plan is not None and (plan.devices or plan.line):
         # Said once the model has loaded, so that a file llama.cpp refuses gets one line.
         click.echo(gpu.offloaded_line(plan, retried), err=True)
+    try:
+        llm.draft = open_draft(opts, source, llm, rpc_offload, choice)
+    except BaseException:
+        llm.close()
+        raise
     return llm
 
 
@@ -353,19 +410,32 @@ def print_system_info(
     for line in rpc.devices_summary():
         click.echo(f"  {line}")
     if opts is not None:
-        from runtime.engine.speculate import chosen
+        click.echo(f"speculation: {speculation_info(opts)}")
 
-        used = chosen(opts.spec_type)
-        click.echo(
-            f"speculation: {used}"
-            + (
-                f" (n-gram prompt lookup, drafts up to {opts.spec_draft_n_max} tokens, shorter "
-                "while several requests generate; off for models whose memory cannot drop "
-                "draft tokens)"
-                if used == "ngram"
-                else " (--spec-type none)"
-            )
+
+def speculation_info(opts: Options) -> str:
+    """What speculation a run with these flags uses, and why (for --system-info)."""
+    from runtime.engine.speculate import chosen
+    from runtime.file.boot import archive
+    from runtime.sources import resolve
+
+    try:
+        draft = resolve.draft_for(opts.model_draft, resolve.resolve(opts.model, archive()))
+    except resolve.WeightsError as exc:
+        return f"unknown ({exc})"
+    used = chosen(opts.spec_type, draft is not None)
+    if used == "none":
+        return "none (--spec-type none)"
+    parts = []
+    if "ngram" in used:
+        parts.append(
+            f"n-gram prompt lookup, drafts up to {opts.spec_draft_n_max} tokens, shorter while "
+            "several requests generate"
         )
+    if "draft" in used:
+        assert draft is not None
+        parts.append(f"draft model {draft.label}, while one request generates")
+    return f"{used} ({'; then '.join(parts)}; off for models whose memory cannot drop draft tokens)"
 
 
 def gpu_info(opts: Options, choice: Any) -> None:

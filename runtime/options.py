@@ -36,6 +36,8 @@ class Options:
     spec_type: str
     spec_draft_n_max: int
     spec_draft_n_min: int
+    model_draft: Optional[str]
+    spec_draft_ngl: Optional[str]
     rpc_workers: Optional[str]
     tensor_split: Optional[str]
     rpc_local: bool

@@ -152,6 +152,7 @@ class Model:
         self._n_threads = n_threads
         self.speculation: Any = None  # engine.speculate.Speculation: generate() drafts with it
         self.gpu_devices: list[Any] = []  # where its layers went: the vision projector goes too
+        self.draft: Any = None  # engine.draft.DraftModel that drafts for this model, closed with it
 
     def meta(self, key: str) -> Optional[str]:
         """A GGUF metadata value as text, or None."""
@@ -374,6 +375,9 @@ class Model:
 
     def close(self) -> None:
         C = self._C
+        if self.draft is not None:
+            self.draft.close()
+            self.draft = None
         if self._embed_ctx:
             C.llama_free(self._embed_ctx)
             self._embed_ctx = None

@@ -22,7 +22,8 @@ from runtime.engine.backend import EngineError
 
 # llama-server's names for its n-gram modes; they all mean prompt lookup here.
 NGRAM_NAMES = ("ngram", "ngram-simple", "ngram-mod", "ngram-cache")
-SPEC_TYPES = ("auto", "none", *NGRAM_NAMES)
+DRAFT_NAMES = ("draft", "draft-simple")  # the draft model alone
+SPEC_TYPES = ("auto", "none", *NGRAM_NAMES, *DRAFT_NAMES)
 
 
 class Drafter(Protocol):
@@ -139,17 +140,34 @@ class Speculation:
         )
 
 
-def chosen(spec_type: str) -> str:
-    """What --spec-type means for a run: "ngram" or "none"."""
+def chosen(spec_type: str, has_draft: bool) -> str:
+    """What --spec-type means for a run: "none", "ngram", "draft" or "ngram+draft" (n-gram
+    drafts where the text has them, the draft model's elsewhere)."""
     name = spec_type.lower()
-    return "ngram" if name == "auto" or name in NGRAM_NAMES else "none"
+    if name == "auto":
+        return "ngram+draft" if has_draft else "ngram"
+    if name in NGRAM_NAMES:
+        return "ngram"
+    if name in DRAFT_NAMES:
+        return "draft"
+    return "none"
 
 
-def drafters(spec_type: str, n_max: int, n_min: int) -> Optional[Callable[[], Drafter]]:
-    """What makes a new sequence's drafter under these flags, or None: no speculation."""
-    if chosen(spec_type) == "none":
-        return None
-    return lambda: NgramDrafter(n_max, n_min)
+def drafters(
+    spec_type: str, n_max: int, n_min: int, draft: Any = None
+) -> Optional[Callable[[int], Drafter]]:
+    """What makes sequence N's drafter under these flags (`draft`: a draft.DraftModel or
+    None), or None: no speculation."""
+    from runtime.engine.draft import Either, ModelDrafter
+
+    kind = chosen(spec_type, draft is not None)
+    if kind == "ngram":
+        return lambda seq: NgramDrafter(n_max, n_min)
+    if kind == "draft":
+        return lambda seq: ModelDrafter(draft, seq, n_max)
+    if kind == "ngram+draft":
+        return lambda seq: Either(NgramDrafter(n_max, n_min), ModelDrafter(draft, seq, n_max))
+    return None
 
 
 def can_roll_back(model: Any) -> bool:

@@ -56,10 +56,10 @@ class Row:
 
 class Scheduler:
     """Runs jobs on `model` (an engine.Model made with n_seq_max >= slots), several at once;
-    `drafters` makes each job's drafter (None: no speculation)."""
+    `drafters` makes each job's drafter for its sequence (None: no speculation)."""
 
     def __init__(
-        self, model: Any, slots: int, drafters: Optional[Callable[[], Drafter]] = None
+        self, model: Any, slots: int, drafters: Optional[Callable[[int], Drafter]] = None
     ) -> None:
         self.model = model
         self.C = model._C
@@ -102,7 +102,7 @@ class Scheduler:
         slot.stops = StopFilter(job.stops)
         slot.drafted = slot.accepted = 0
         slot.prompt_n, slot.started, slot.read = len(slot.pending), time.perf_counter(), 0.0
-        slot.drafter = self.drafters() if self.drafters is not None else None
+        slot.drafter = self.drafters(slot.seq) if self.drafters is not None else None
         if slot.drafter is not None:
             slot.drafter.begin(job.prompt)
 

@@ -237,3 +237,17 @@ def _is_projector(source: ModelSource, spec: str) -> ModelSource:
             + (", with no vision encoder)" if kind == "clip" else ", not 'clip')")
         )
     return source
+
+
+def draft_for(spec: Optional[str], model: ModelSource) -> Optional[ModelSource]:
+    """`-md SPEC` when given, else the draft model packed beside `model` in its .pyz (or
+    None: the model's file carries none); checked as `resolve` checks."""
+    if spec:
+        return checked(from_spec(spec))
+    if model.offset == 0 or not zipfile.is_zipfile(model.path):
+        return None
+    try:
+        found = read_manifest(model.path).gguf("draft")
+    except ArchiveError:
+        return None  # a llamafile, say: no draft of ours
+    return None if found is None else checked(embedded(model.path, "draft"))
