@@ -17,14 +17,16 @@ from runtime.engine.backend import EngineError
 # llama.cpp's own rule for a draft (common/speculative.cpp, common_speculative_are_compatible)
 VOCAB_MAX_DIFFERENCE = 128  # SPEC_VOCAB_MAX_SIZE_DIFFERENCE
 VOCAB_CHECK_START = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
+VOCAB_TYPES = {0: "none", 1: "SPM", 2: "BPE", 3: "WPM", 4: "UGM", 5: "RWKV", 6: "PLaMo-2"}
 
 
 def vocab_mismatch(target: Any, draft: Any) -> Optional[str]:
     """Why llama.cpp would not draft for `target` with `draft` (two loaded Models), or None."""
     C = target._C
     vt, vd = target._vocab, draft._vocab
-    if C.llama_vocab_type(vt) != C.llama_vocab_type(vd):
-        return "its tokenizer is of another type than the model's"
+    kind_t, kind_d = (VOCAB_TYPES.get(C.llama_vocab_type(v), "?") for v in (vt, vd))
+    if kind_t != kind_d:
+        return f"its tokenizer is {kind_d}, the model's {kind_t}"
     for name, get in (("BOS", C.llama_vocab_bos), ("EOS", C.llama_vocab_eos)):
         if get(vt) != get(vd):
             return f"its {name} token is {get(vd)}, the model's is {get(vt)}"
