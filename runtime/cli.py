@@ -292,7 +292,7 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
 )
 def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
-    from runtime import modes
+    from runtime import modes, system_info
     from runtime.chat import templates
     from runtime.engine import cpu, gpu, grammar, variants
     from runtime.engine import model as engine
@@ -310,7 +310,7 @@ def main(**kw: Any) -> None:
             return
         endpoints = parse_endpoints(opts.rpc_workers) if opts.rpc_workers else []
         if opts.system_info:
-            modes.print_system_info(cpu.choose(opts.cpu_variant, fresh=True), endpoints, opts)
+            system_info.show(cpu.choose(opts.cpu_variant, fresh=True), endpoints, opts)
             return
         if opts.chat and opts.prompt is not None:
             raise click.UsageError("give either --chat or -p, not both")
@@ -382,24 +382,11 @@ def _with_defaults(defaults: tuple[str, ...]) -> Options:
     return Options(**sub.params)
 
 
-def _file_args() -> list[str]:
-    """The default arguments baked into this .pyz (`pack build -- ARGS`, `--args-file`)."""
-    found = archive()
-    if found is None:
-        return []
-    from runtime.file.archive import ArchiveError, read_manifest
-
-    try:
-        return read_manifest(found).args
-    except ArchiveError:
-        return []  # the real error comes, with its one line, when the weights are opened
-
-
 def run() -> None:
     """Entry point inside a .pyz (and for `python -m runtime`)."""
-    from runtime.sources.argsfile import merge
+    from runtime.sources.argsfile import baked, merge
 
     if os.environ.pop("LLAMAPYZ_SHIV_ROOT_SET", None):
         os.environ.pop("SHIV_ROOT", None)
-    _argv[:] = merge(_file_args(), sys.argv[1:])
+    _argv[:] = merge(baked(archive()), sys.argv[1:])
     main(args=list(_argv), prog_name=_prog_name())

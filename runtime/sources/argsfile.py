@@ -8,6 +8,9 @@ here by a small state machine instead.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 PLACEHOLDER = "..."
 # Inside double quotes a backslash escapes only these; before anything else it stays (POSIX).
 _DQUOTE_ESCAPES = '"\\$`\n'
@@ -100,3 +103,15 @@ def merge(defaults: list[str], user: list[str]) -> list[str]:
     at = defaults.index(PLACEHOLDER)
     rest = [a for a in defaults[at + 1 :] if a != PLACEHOLDER]
     return [*defaults[:at], *user, *rest]
+
+
+def baked(pyz: Optional[Path]) -> list[str]:
+    """The default arguments baked into the .pyz `pyz` (`pack build -- ARGS`, `--args-file`)."""
+    if pyz is None:
+        return []
+    from runtime.file.archive import ArchiveError, read_manifest
+
+    try:
+        return read_manifest(pyz).args
+    except ArchiveError:
+        return []  # the real error comes, with its one line, when the weights are opened
