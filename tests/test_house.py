@@ -159,7 +159,15 @@ def test_runtime_top_holds_the_front_door_and_the_packages_only() -> None:
     top = sorted(p.name for p in (ROOT / "runtime").iterdir() if p.name != "__pycache__")
     packages = sorted(r.split(".")[1] for r in ALLOWED)
     assert top == sorted(
-        ["__init__.py", "__main__.py", "cli.py", "modes.py", "options.py", "system_info.py", *packages]
+        [
+            "__init__.py",
+            "__main__.py",
+            "cli.py",
+            "modes.py",
+            "options.py",
+            "system_info.py",
+            *packages,
+        ]
     )
     for package in packages:
         doc = ast.get_docstring(ast.parse((ROOT / "runtime" / package / "__init__.py").read_text()))
