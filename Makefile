@@ -10,7 +10,7 @@ MARKED := runtime/serve/web/marked.js
 
 install: $(STAMP) $(MARKED)
 
-$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scripts/build-vulkan.sh scripts/system-packages.sh
+$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scripts/build-vulkan.sh scripts/build-arm64.sh scripts/aarch64-linux-gnu.cmake scripts/system-packages.sh
 	scripts/system-packages.sh build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scr
 	  { $(PY) -m pip install --quiet --find-links "$$house" -e '.[dev]' numpy diskcache jinja2 & deps=$$!; } && \
 	  vk=$$(PYTHON=$(PY) scripts/build-vulkan.sh) && wait $$deps && mkdir -p $(VENV)/llamapyz-gpu && \
 	  cp "$$vk" $(VENV)/llamapyz-gpu/libggml-vulkan.so
+	# The arm64 side of every file: llama.cpp cross-built from the same source (once, cached).
+	arm=$$(PYTHON=$(PY) scripts/build-arm64.sh) && rm -rf $(VENV)/llamapyz-arm64 && \
+	  cp -r "$$arm" $(VENV)/llamapyz-arm64
 	touch $(STAMP)
 
 # The chat page's Markdown renderer, from the npm registry (git-ignored; see the script).

@@ -1,10 +1,11 @@
 """Compiled extension modules for the other CPython versions a .pyz should run on.
 
 The runtime's pure-Python dependencies run on any supported CPython; only their compiled
-parts (pydantic-core's, markupsafe's) are tied to one ABI. Python picks an extension module
-by its file name (`_pydantic_core.cpython-39-x86_64-linux-gnu.so`), so the files for every
-ABI can lie side by side in one package folder: we add each other ABI's files from that
-version's wheel, fetched once with pip into the build cache.
+parts (pydantic-core's, markupsafe's) are tied to one ABI and one architecture. Python picks
+an extension module by its file name (`_pydantic_core.cpython-39-x86_64-linux-gnu.so`), so
+the files for every ABI and architecture can lie side by side in one package folder: we add
+each other one's files from that version's manylinux wheel, fetched once with pip into the
+build cache (the boot extracts only its own Python's and machine's).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from packager.errors import PackError
 
 SUPPORTED = ("3.9", "3.10", "3.11", "3.12", "3.13")
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
-EXT = re.compile(r"\.cpython-(3\d+)-x86_64-linux-gnu\.so$")
+MANYLINUX = ("manylinux2014_{}", "manylinux_2_17_{}", "manylinux_2_28_{}")
+EXT = re.compile(r"\.cpython-(3\d+)-(x86_64|aarch64)-linux-gnu\.so$")
 
 
 def parse_versions(text: str) -> list[str]:
@@ -37,8 +38,8 @@ def own_version() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def _wheel(cache: Path, dist: str, version: str, python: str) -> Path:
-    folder = cache / "build" / "wheels"
+def _wheel(cache: Path, dist: str, version: str, python: str, machine: str) -> Path:
+    folder = cache / "build" / ("wheels" if machine == "x86_64" else f"wheels-{machine}")
     tag = python.replace(".", "")
     pattern = f"{dist.replace('-', '_').lower()}-{version}-cp{tag}-cp{tag}-*.whl"
     found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(pattern.split("*")[0])]
@@ -48,28 +49,31 @@ def _wheel(cache: Path, dist: str, version: str, python: str) -> Path:
     command = [
         sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
         "--python-version", python, "--implementation", "cp", "--abi", f"cp{tag}",
-        *[arg for p in PLATFORMS for arg in ("--platform", p)],
+        *[arg for p in MANYLINUX for arg in ("--platform", p.format(machine))],
         "-d", str(folder), f"{dist}=={version}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(pattern.split("*")[0])]
     if done.returncode != 0 or not found:
         last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise PackError(f"cannot fetch {dist} {version} for Python {python} ({last})")
+        raise PackError(f"cannot fetch {dist} {version} for Python {python} on {machine} ({last})")
     return found[0]
 
 
 def extension_files(
-    cache: Path, compiled: dict[str, str], pythons: list[str]
+    cache: Path, compiled: dict[str, str], pythons: list[str], machine: str
 ) -> list[tuple[str, Path]]:
-    """(path under site-packages, file) for the other ABIs' extension modules of the
-    `compiled` distributions (name -> version), extracted from their wheels into the cache."""
+    """(path under site-packages, file) for `machine`'s extension modules of the `compiled`
+    distributions (name -> version) for `pythons`, but the ones installed here, extracted from
+    their wheels into the cache."""
+    import platform
+
     extra: list[tuple[str, Path]] = []
     for dist, version in sorted(compiled.items()):
         for python in pythons:
-            if python == own_version():
+            if python == own_version() and machine == platform.machine():
                 continue
-            wheel = _wheel(cache, dist, version, python)
+            wheel = _wheel(cache, dist, version, python, machine)
             out = cache / "build" / "abi" / wheel.stem
             with zipfile.ZipFile(wheel) as zf:
                 for name in zf.namelist():

@@ -286,9 +286,11 @@ def build_pyz(
     gpu: str = "default",
     draft: Optional[Path] = None,
     projector: Optional[Path] = None,
+    machines: Optional[list[str]] = None,
 ) -> BuildResult:
     """Write `output`: the runtime, plus `model`'s weights unless `model` is None, and the
-    `draft` model and vision `projector` where given, each checked against the model.
+    `draft` model and vision `projector` where given, each checked against the model, for
+    the architectures `machines` (default: every one built here; named: each must be).
 
     Each GGUF's sha256 is computed while it is copied, unless an earlier build of the same,
     unchanged file remembered it (`packager.memo`); `expected` is checked against the model's."""
@@ -304,7 +306,7 @@ def build_pyz(
         inputs += [_extra(role, path, model, cache) for role, path in wanted]
     facts = dict(inputs[0].facts) if inputs else {}
     facts.update(model_extra or {})
-    rz = runtime_zip.build(cache, pythons, gpu)
+    rz = runtime_zip.build(cache, pythons, gpu, machines, named=machines is not None)
     build_info = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
@@ -313,6 +315,7 @@ def build_pyz(
         "cpu_variants": rz.cpu_variants,
         "gpu_backends": rz.gpu_backends,
         "pythons": rz.pythons,
+        "arches": rz.arches,
         "runtime_build_id": rz.build_id,
     }
     try:
@@ -322,7 +325,7 @@ def build_pyz(
     tmp = Path(tmp_name)
     try:
         with _sigterm_interrupts(), open(fd, "w+b", buffering=0) as out:
-            out.write(preamble(rz.pythons))
+            out.write(preamble(rz.pythons, list(rz.arches) or None))
             ggufs = []
             offset = ALIGNMENT
             for part in inputs:  # each GGUF at the next 64 KiB boundary, the zip after the last

@@ -53,6 +53,11 @@ def cli() -> None:
     help="GPU backends to carry: vulkan (the default, when built), cuda (adds CUDA), none.",
 )
 @click.option(
+    "--arch",
+    type=click.Choice(["all", "x86_64", "aarch64"]),
+    help="Architectures to carry: all (the default: every one built here), x86_64, aarch64.",
+)
+@click.option(
     "--draft",
     type=click.Path(dir_okay=False, path_type=Path),
     help="A draft model for speculative decoding, carried in the file (same vocabulary).",
@@ -71,6 +76,7 @@ def build(
     args_file: Optional[Path],
     pythons: str,
     gpu: Optional[str],
+    arch: Optional[str],
     draft: Optional[Path],
     mmproj: Optional[Path],
 ) -> None:
@@ -90,10 +96,12 @@ def build(
             "--draft and --mmproj go with a MODEL: the bare runtime (--no-weights) has no "
             "model to check them against"
         )
+    from packager import arches
     from packager.abis import parse_versions
 
     try:
         versions = parse_versions(pythons)
+        machines = arches.parse(arch) if arch else None
         source = from_spec(model) if model is not None else None
         args = _default_args(source.args if source else [], args_file, list(run_args))
     except PackError as exc:
@@ -123,9 +131,11 @@ def build(
             gpu=gpu or "default",
             draft=draft,
             projector=mmproj or (source.projector if source else None),
+            machines=machines,
         )
     except PackError as exc:
         raise click.ClickException(str(exc)) from None
+    _say_arches(result.manifest.build, arch)
     if gpu is None and not result.manifest.build.get("gpu_backends"):
         click.echo(
             "note: no GPU backend is built here (make install builds Vulkan's): "
@@ -133,6 +143,21 @@ def build(
             err=True,
         )
     click.echo(f"wrote {result.path} ({result.size_human})", err=True)
+
+
+def _say_arches(build: dict[str, Any], arch: Optional[str]) -> None:
+    """One line when the file goes without an architecture: what it leaves out, and why."""
+    from packager import arches
+    from runtime.file.boot import MACHINES
+
+    carried = build.get("arches", {})
+    if arch is None and arches.host() in carried and len(carried) < len(arches.ARCHES):
+        missing = [MACHINES[m] for m in arches.ARCHES if m not in carried]
+        click.echo(
+            f"note: {', '.join(missing)} is not built here (make install cross-builds it): "
+            f"the file runs on {MACHINES[arches.host()]} only",
+            err=True,
+        )
 
 
 def _count(n: object) -> str:
@@ -235,9 +260,33 @@ def inspect(pyz: Path, as_json: bool) -> None:
     click.echo(
         f"built:          {b.get('built_at')} with Python {b.get('python')} on {b.get('platform')}"
     )
-    click.echo(f"cpu variants:   {', '.join(b.get('cpu_variants', []))}")
-    click.echo(f"gpu backends:   {', '.join(b.get('gpu_backends', [])) or 'none'}")
-    click.echo(f"runs on:        CPython {', '.join(b.get('pythons', []))} (Linux x86-64)")
+    _show_arches(b)
+
+
+def _show_arches(b: dict[str, Any]) -> None:
+    """`pack inspect`'s CPU variant, GPU backend and runs-on lines, per architecture."""
+    from runtime.file.archive import describe
+    from runtime.file.boot import MACHINES
+
+    carried = b.get("arches") or {
+        "x86_64": {
+            "cpu_variants": b.get("cpu_variants", []),
+            "gpu_backends": b.get("gpu_backends", []),
+        }
+    }
+    several = len(carried) > 1
+    for m, facts in sorted(carried.items(), reverse=True):
+        label = f"{MACHINES.get(m, m)}: " if several else ""
+        click.echo(f"cpu variants:   {label}{', '.join(facts.get('cpu_variants', []))}")
+    gpus = {m: facts.get("gpu_backends", []) for m, facts in carried.items()}
+    shown = sorted({g for found in gpus.values() for g in found})
+    without = [MACHINES.get(m, m) for m, found in sorted(gpus.items(), reverse=True) if not found]
+    line = ", ".join(shown) or "none"
+    if shown and without:
+        line += f" (not on {' and '.join(without)}: the CPU only there)"
+    click.echo(f"gpu backends:   {line}")
+    pythons = ", ".join(b.get("pythons", []))
+    click.echo(f"runs on:        CPython {pythons} ({describe(list(carried))})")
 
 
 def _show_extra(g: Any) -> None:

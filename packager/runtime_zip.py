@@ -17,12 +17,12 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from packager.errors import PackError
-from runtime.file.jsonfile import write_atomic
+from runtime.file.boot import NATIVE
 
 ENTRY_POINT = "runtime.cli:run"
 BOOT_MODULE = "_llamapyz_boot"
@@ -50,7 +50,7 @@ LIB_FAMILIES = ("libllama", "libggml", "libggml-base", "libmtmd")
 LOADED_BY_NAME = ("libllama", "libmtmd")
 DIST_INFO_KEEP = re.compile(r"(METADATA|LICEN[CS]E.*|COPYING.*|top_level\.txt)$")
 ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
-FORMAT = 5  # bump when the zip's layout changes, to invalidate cached zips
+FORMAT = 6  # bump when the zip's layout changes, to invalidate cached zips
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,11 @@ class RuntimeZip:
     path: Path
     build_id: str
     packages: dict[str, str]
-    cpu_variants: list[str]
+    cpu_variants: list[str]  # the first architecture's (the builder's, when carried)
     pythons: list[str]
     gpu_backends: list[str]
+    # machine -> {"cpu_variants": [...], "gpu_backends": [...]}, for each architecture carried
+    arches: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def _dist_files(name: str) -> list[tuple[str, Path]]:
@@ -97,16 +99,31 @@ def _dist_files(name: str) -> list[tuple[str, Path]]:
                 continue
         chosen.append((rel, Path(str(dist.locate_file(f)))))
     for family, names in libs.items():
-        # The wheel installs each library three times (.so, .so.0, .so.0.x.y). Ship one copy,
-        # under the name it is looked up by: libllama.so for llama-cpp-python's loader, the
-        # soname (.so.0) for libraries that other libraries link to.
-        wanted = f"{family}.so" if family in LOADED_BY_NAME else f"{family}.so.0"
+        # The wheel installs each library three times (.so, .so.0, .so.0.x.y): ship one.
+        wanted = _shipped(family).rsplit("/", 1)[1]
         pick = wanted if wanted in names else sorted(names, key=len)[0]
-        # libmtmd waits in the file beside the CPU variants until the first image
-        # (runtime/file/boot.py, runtime/engine/vision.py): a first start without one skips it.
-        arc = f"bin/{pick}" if family == "libmtmd" else f"llama_cpp/lib/{pick}"
-        chosen.append((arc, Path(str(dist.locate_file(f"llama_cpp/lib/{pick}")))))
+        src = Path(str(dist.locate_file(f"llama_cpp/lib/{pick}")))
+        chosen.append((_shipped(family).rsplit("/", 1)[0] + f"/{pick}", src))
     return chosen
+
+
+def _shipped(family: str) -> str:
+    """Where one of llama.cpp's libraries goes under site-packages, and the name it is looked
+    up by: libllama.so for llama-cpp-python's loader, the soname (.so.0) for libraries that
+    other libraries link to. libmtmd waits in the file beside the CPU variants until the first
+    image (runtime/file/boot.py, runtime/engine/vision.py): a first start without one skips it."""
+    name = f"{family}.so" if family in LOADED_BY_NAME else f"{family}.so.0"
+    return f"bin/{name}" if family == "libmtmd" else f"llama_cpp/lib/{name}"
+
+
+def _cross(arc: str) -> Optional[str]:
+    """Where a cross-built file (laid out as the wheel installs it) is shipped: as the builder's
+    own architecture ships the same library, or not at all."""
+    name = arc.rsplit("/", 1)[-1]
+    if not arc.startswith("llama_cpp/lib/") or name == "libgomp.so.1":
+        return arc
+    family = name.split(".so")[0]
+    return _shipped(family) if family in LIB_FAMILIES else None
 
 
 def _runtime_package() -> list[tuple[str, Path]]:
@@ -234,100 +251,92 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def build(cache: Path, pythons: Optional[list[str]] = None, gpu: str = "default") -> RuntimeZip:
+def build(
+    cache: Path,
+    pythons: Optional[list[str]] = None,
+    gpu: str = "default",
+    machines: Optional[list[str]] = None,
+    named: bool = False,
+) -> RuntimeZip:
     """The runtime zip for the current build environment, the CPython versions it should
-    run on (default: all supported) and the GPU backends (`--gpu`), from the cache or built now."""
-    from packager import abis, gpu_libs
+    run on (default: all supported), the GPU backends (`--gpu`) and the architectures
+    (default: every one built here; `named`: the caller asked for these, so each must be),
+    from the cache or built now."""
+    from packager import abis, arches, gpu_libs, zip_memo
 
     pythons = pythons or list(abis.SUPPORTED)
-    extra = gpu_libs.files(gpu)
-    stamp = _stamp(pythons + [f"{a}:{s.stat().st_size}:{s.stat().st_mtime_ns}" for a, s in extra])
-    known = _recall(cache, stamp)
+    machines = machines or list(arches.ARCHES)
+    natives: dict[str, list[tuple[str, Path]]] = {}
+    for machine in machines:
+        if machine == arches.host():
+            natives[machine] = gpu_libs.files(gpu)
+        else:
+            cross = [
+                (shipped, src)
+                for arc, src in arches.cross_files(machine, named)
+                if (shipped := _cross(arc)) is not None
+            ]
+            if cross:
+                natives[machine] = cross
+    extra = [(f"{m} {a}", s) for m, files in natives.items() for a, s in files]
+    stamp = zip_memo.stamp(
+        FORMAT,
+        pythons
+        + sorted(natives)
+        + [f"{a}:{s.stat().st_size}:{s.stat().st_mtime_ns}" for a, s in extra],
+    )
+    known = zip_memo.recall(cache, stamp)
     if known is not None:
-        return known
-    rz = _build(cache, pythons, extra)
-    _remember(cache, stamp, rz)
+        with contextlib.suppress(TypeError):
+            return RuntimeZip(**dict(known, path=Path(known["path"])))
+    rz = _build(cache, pythons, natives)
+    zip_memo.remember(cache, stamp, dict(asdict(rz), path=str(rz.path)))
     return rz
 
 
-def _stamp(pythons: list[str]) -> str:
-    """What the runtime zip is made from, cheaply: the folders distributions are installed
-    in (pip adds, removes or renames a folder there for each install or upgrade), the
-    runtime's and the packager's own files, this Python, the target Pythons."""
-    h = hashlib.sha256(f"{FORMAT} {sys.version} {sys.executable} {pythons}".encode())
-    for entry in sys.path:
-        with contextlib.suppress(OSError):
-            h.update(f"{entry}\0{os.stat(entry or '.').st_mtime_ns}\n".encode())
-    for package in ("runtime", "packager"):
-        root = Path(__file__).resolve().parent.parent / package
-        # Every room's modules and the chat page's files, not only the top level's.
-        for path in sorted(root.rglob("*")):
-            if path.suffix not in (".py", ".html", ".js") or "__pycache__" in path.parts:
-                continue
-            st = path.stat()
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def _memo_path(cache: Path) -> Path:
-    return cache / "build" / "runtime-memo.json"
-
-
-def _recall(cache: Path, stamp: str) -> Optional[RuntimeZip]:
-    """The runtime zip an earlier build made from the same stamp, if it is still there."""
-    try:
-        data: dict[str, Any] = json.loads(_memo_path(cache).read_text())
-        if data["stamp"] != stamp or not Path(data["path"]).is_file():
-            return None
-        return RuntimeZip(
-            Path(data["path"]),
-            str(data["build_id"]),
-            dict(data["packages"]),
-            list(data["cpu_variants"]),
-            list(data["pythons"]),
-            list(data.get("gpu_backends", [])),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _remember(cache: Path, stamp: str, rz: RuntimeZip) -> None:
-    path = _memo_path(cache)
-    data = {
-        "stamp": stamp,
-        "path": str(rz.path),
-        "build_id": rz.build_id,
-        "packages": rz.packages,
-        "cpu_variants": rz.cpu_variants,
-        "pythons": rz.pythons,
-        "gpu_backends": rz.gpu_backends,
-    }
-    write_atomic(path, data)
-
-
-def _build(cache: Path, pythons: list[str], extra: list[tuple[str, Path]]) -> RuntimeZip:
-    from packager import abis, gpu_libs
+def _build(
+    cache: Path, pythons: list[str], natives: dict[str, list[tuple[str, Path]]]
+) -> RuntimeZip:
+    """`natives`: for each architecture to carry, its files beyond the installed engine's
+    (the builder's: its GPU backends; another: its cross-built llama.cpp)."""
+    from packager import abis, arches, gpu_libs
 
     found = collect()
-    files = sorted(found.files + extra + abis.extension_files(cache, found.compiled, pythons))
-    gpus = gpu_libs.backends(extra)
+    host = arches.host()
+    files: list[tuple[str, Path]] = []
+    for arc, src in found.files:
+        if arches.is_native(arc):
+            if host in natives:
+                files.append((f"{NATIVE}{host}/{arc}", src))
+        elif not abis.EXT.search(arc) or host in natives:
+            files.append((arc, src))
+    carried: dict[str, dict[str, list[str]]] = {}
+    for machine, extra in natives.items():
+        files += [(f"{NATIVE}{machine}/{arc}", src) for arc, src in extra]
+        files += abis.extension_files(cache, found.compiled, pythons, machine)
+        own = [(arc, src) for arc, src in found.files if arches.is_native(arc)]
+        mine = extra + (own if machine == host else [])
+        carried[machine] = {
+            "cpu_variants": arches.variants(mine),
+            "gpu_backends": gpu_libs.backends(extra),
+        }
+    files.sort()
+    first = carried[next(iter(carried))] if carried else {"cpu_variants": [], "gpu_backends": []}
+    variants, gpus = first["cpu_variants"], first["gpu_backends"]
     key = _key(files + [(f"python {v}", Path(__file__)) for v in pythons])
     target = cache / "build" / f"runtime-{key}.zip"
     info = target.with_suffix(".json")
-    variants = sorted(
-        arc.split("libggml-cpu-")[1][: -len(".so")] for arc, _ in files if "libggml-cpu-" in arc
-    )
     if target.exists() and info.exists():
         try:
             build_id = json.loads(info.read_text())["build_id"]
-            return RuntimeZip(target, build_id, _versions(), variants, pythons, gpus)
+            return RuntimeZip(target, build_id, _versions(), variants, pythons, gpus, carried)
         except (OSError, ValueError, KeyError):
             pass
     target.parent.mkdir(parents=True, exist_ok=True)
     build_id = _write(files, found.deferred, target)
     info.write_text(json.dumps({"build_id": build_id}))
     _prune(target.parent, keep=3)
-    return RuntimeZip(target, build_id, _versions(), variants, pythons, gpus)
+    return RuntimeZip(target, build_id, _versions(), variants, pythons, gpus, carried)
 
 
 def _prune(folder: Path, keep: int) -> None:
@@ -361,7 +370,8 @@ def _write(files: list[tuple[str, Path]], deferred_tops: list[str], target: Path
             for arc, src in files:
                 data = src.read_bytes()
                 contents.update(arc.encode() + b"\0" + data)
-                put(f"site-packages/{arc}", data, 0o755 if ".so" in arc else 0o644)
+                member = arc if arc.startswith(NATIVE) else f"site-packages/{arc}"
+                put(member, data, 0o755 if ".so" in arc else 0o644)
             for path, name in iter_package_files(bootstrap):
                 put(f"_bootstrap/{name}", path.read_bytes())
             boot = Path(runtime.file.boot.__file__).read_bytes()

@@ -16,17 +16,14 @@ def show(
     endpoints: Optional[list[tuple[str, int]]] = None,
     opts: Optional[Options] = None,
 ) -> None:
-    from runtime.engine import cpu, variants
+    from runtime.engine import cpu, cpuinfo, variants
     from runtime.engine import model as engine
     from runtime.rpc import client as rpc
 
     assert isinstance(choice, cpu.Choice)
-    fingerprint = cpu.cpu_fingerprint().split()
+    fingerprint = cpuinfo.cpu_fingerprint().split()
     click.echo(f"machine: {fingerprint[0] if fingerprint else '?'}")
-    wanted = "sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni"
-    wanted += " amx_tile amx_int8"
-    flags = cpu.cpu_flags()
-    click.echo("cpu features: " + " ".join(f for f in wanted.split() if f in flags))
+    click.echo("cpu features: " + " ".join(cpuinfo.shown_features()))
     click.echo(f"variants shipped: {', '.join(sorted(variants.available())) or 'none'}")
     for name, why in choice.tried.items():
         click.echo(f"  {name}: {why}")

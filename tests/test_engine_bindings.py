@@ -60,7 +60,7 @@ def test_openmp_comes_from_the_bundle_when_the_system_lacks_it(tiny_pyz: object)
 
     assert isinstance(tiny_pyz, Path)
     with zipfile.ZipFile(tiny_pyz) as zf:
-        assert "site-packages/llama_cpp/lib/libgomp.so.1" in zf.namelist()
+        assert "native/x86_64/llama_cpp/lib/libgomp.so.1" in zf.namelist()
     # Inside the file's own runtime, pretend the system has no libgomp.
     code = "from runtime.engine import model as engine; print(engine.load_openmp('libgomp-not-installed.so.1'))"
     out = subprocess.run(

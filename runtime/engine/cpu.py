@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from runtime.engine import selftest_model
+from runtime.engine.cpuinfo import cpu_fingerprint
 from runtime.engine.forked import run_forked, single_threaded
 from runtime.engine.variants import CpuError, available, extracted, load, size
 from runtime.file.boot import cache_dir
@@ -44,29 +44,6 @@ class Choice:
     path: Optional[Path]
     reason: str
     tried: dict[str, str] = field(default_factory=dict)
-
-
-def cpu_fingerprint() -> str:
-    """A short text naming this CPU's model and features."""
-    model = flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = value.strip()
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return f"{platform.machine()} {model} {flags}"
-
-
-def cpu_flags() -> set[str]:
-    return set(cpu_fingerprint().split()[1:])
 
 
 def _signal_name(code: int) -> str:
@@ -132,6 +109,8 @@ def _probe_spawned(path: Path, model: Path) -> tuple[bool, str]:
         )
     except subprocess.TimeoutExpired:
         return False, f"did not answer in {PROBE_TIMEOUT} s"
+    except OSError as exc:  # under qemu-user without binfmt, an arm64 Python cannot be started
+        return False, f"cannot start {sys.executable} ({exc.strerror or exc})"
     if out.returncode < 0:
         return False, f"died with {_signal_name(out.returncode)}"
     return _verdict(out.returncode, out.stdout + out.stderr)

@@ -1,6 +1,7 @@
 """A self-test in a fork of this process: no new interpreter to start, nothing to import again.
-Safe only while the process has one thread (`single_threaded`); a crash, a hang or an exception
-in the child is its answer, never the parent's."""
+Safe only while the process has started no thread (`single_threaded`); a crash, a hang or an
+exception in the child is its answer, never the parent's. Under qemu-user a fork is the only
+way to stay emulated: a new process would run natively (x86-64) or not at all (arm64)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import signal
 import sys
 from typing import Callable, Optional
 
+from runtime.file.boot import boot_threads
+
 
 def single_threaded() -> bool:
-    """True when this process has one OS thread (OpenMP's included): then fork is safe."""
+    """True when this process has no OS thread (OpenMP's included) beyond those it started
+    with (`boot_threads`: an emulator's own, which qemu-user forks safely): then fork is safe."""
     try:
-        return len(os.listdir("/proc/self/task")) == 1
+        return len(os.listdir("/proc/self/task")) <= boot_threads()
     except OSError:
         return False
 

@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from runtime.file.boot import PACKED_VARIANTS, VARIANT_FOLDER, VARIANT_PREFIX
+from runtime.file.boot import PACKED_VARIANTS, VARIANT_PREFIX, variant_member
 
 PREFIX = VARIANT_PREFIX
 
@@ -82,7 +82,7 @@ def _packed_bytes(path: Path) -> bytes:
     pyz = archive()
     if pyz is None:
         raise CpuError(f"{path.name} is neither extracted nor in a .pyz")
-    member = VARIANT_FOLDER + path.name
+    member = variant_member(path.name)
     try:
         return _open_zip(pyz).read(member)
     except (OSError, KeyError, zipfile.BadZipFile) as exc:

@@ -45,8 +45,8 @@ if sys.version_info[:2] not in ok:
                     os.execv("/bin/sh", ["/bin/sh", p] + sys.argv[2:])
     sys.exit("%s needs CPython %s; found Python %d.%d.%d at %s" % ((p, "@SHOWN@") + tuple(sys.version_info[:3]) + (sys.executable,)))
 import platform
-if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
-    sys.exit("%s runs on Linux x86-64; this is %s %s" % (p, sys.platform, platform.machine()))
+if not sys.platform.startswith("linux") or platform.machine() not in @MACHINES@:
+    sys.exit("%s runs on @WHERE@; this is %s %s" % (p, sys.platform, platform.machine()))
 import zipfile
 if not zipfile.is_zipfile(p):
     sys.exit(p + " is damaged or truncated: the runtime at its end is missing; copy or build it again")
@@ -59,17 +59,28 @@ exit 127
 """
 
 
-def preamble(pythons: list[str]) -> bytes:
-    """The sh preamble for a file that runs on CPython `pythons` (e.g. ["3.9", "3.13"])."""
+def preamble(pythons: list[str], machines: Optional[list[str]] = None) -> bytes:
+    """The sh preamble for a file that runs on CPython `pythons` (e.g. ["3.9", "3.13"]) and
+    the architectures `machines` (platform.machine()'s names; default x86-64)."""
     versions = sorted(tuple(int(x) for x in v.split(".")) for v in pythons)
+    machines = sorted(machines or ["x86_64"], reverse=True)
     return (
         PREAMBLE_TEMPLATE.replace(
             "@NAMES@", " ".join(f"python{a}.{b}" for a, b in reversed(versions))
         )
         .replace("@TUPLES@", repr(tuple(versions)))
         .replace("@SHOWN@", ", ".join(f"{a}.{b}" for a, b in versions))
+        .replace("@MACHINES@", "(" + "".join(f'"{m}", ' for m in machines) + ")")  # no ' in sh
+        .replace("@WHERE@", describe(machines))
         .encode()
     )
+
+
+def describe(machines: list[str]) -> str:
+    """["x86_64", "aarch64"] -> "Linux x86-64, Linux arm64"."""
+    from runtime.file.boot import MACHINES
+
+    return ", ".join(MACHINES.get(m, m) for m in sorted(machines, reverse=True))
 
 
 GGUF_MAGIC = b"GGUF"

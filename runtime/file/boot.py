@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -19,7 +20,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 ARCHIVE: Optional[Path] = None
-VARIANT_FOLDER = "site-packages/bin/"
+# What is compiled for one architecture (llama.cpp's libraries, the CPU variants, the GPU
+# backends) lies in the zip under native/<machine>/, at its path under site-packages: the boot
+# extracts only its own machine's there. Extension modules carry their architecture in their
+# names and lie in site-packages with the rest.
+NATIVE = "native/"
+MACHINES = {"x86_64": "Linux x86-64", "aarch64": "Linux arm64"}  # platform.machine() -> name
+VARIANT_FOLDER = "site-packages/bin/"  # in an extraction
 VARIANT_PREFIX = "libggml-cpu-"
 # GPU backends and CUDA's libraries: in VARIANT_FOLDER too, extracted only when a device is used
 GPU_PREFIXES = ("libggml-vulkan", "libggml-cuda", "libcudart", "libcublas")
@@ -46,15 +53,26 @@ def archive() -> Optional[Path]:
     return found if isinstance(found, Path) else None
 
 
+THREADS = 0  # the process's OS threads when the boot began: more than 1 are an emulator's own
+
+
+def boot_threads() -> int:
+    """How many OS threads this process had before it ran any of the file's code: 1, or more
+    under an emulator that runs threads of its own (qemu-user adds one); 1 outside a .pyz."""
+    found = getattr(sys.modules.get("_llamapyz_boot"), "THREADS", 0)
+    return found if isinstance(found, int) and found > 0 else 1
+
+
 def _die(message: str) -> None:
     sys.stderr.write(f"{message}\n")
     sys.exit(1)
 
 
 def _check_python(zf: zipfile.ZipFile, path: Path) -> None:
-    """`python3.8 model.pyz` skips the sh preamble's check: make it here."""
+    """`python3.8 model.pyz` skips the sh preamble's checks: make them here."""
     try:
-        pythons = json.loads(zf.read("llamapyz.json"))["build"]["pythons"]
+        build = json.loads(zf.read("llamapyz.json"))["build"]
+        pythons = build["pythons"]
     except (KeyError, ValueError, TypeError):
         return
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -63,6 +81,10 @@ def _check_python(zf: zipfile.ZipFile, path: Path) -> None:
             f"{path} needs CPython {', '.join(pythons)}; found Python "
             f"{sys.version.split()[0]} at {sys.executable}"
         )
+    carried = build.get("arches")
+    if isinstance(carried, dict) and carried and machine() not in carried:
+        shown = ", ".join(MACHINES.get(m, m) for m in sorted(carried, reverse=True))
+        _die(f"{path} runs on {shown}; this is {MACHINES.get(machine(), 'Linux ' + machine())}")
 
 
 def _writable(root: Path) -> Optional[str]:
@@ -93,6 +115,36 @@ def python_tag() -> str:
     return f"cp{sys.version_info[0]}{sys.version_info[1]}"
 
 
+def machine() -> str:
+    """This Python's architecture: under qemu-user the emulated one (not the sh's `uname -m`)."""
+    return platform.machine()
+
+
+def runtime_tag() -> str:
+    """The extraction's folder under runtimes/: one per Python and architecture (`cp311`,
+    `cp311-aarch64`), since each holds only its own compiled files."""
+    return python_tag() if machine() == "x86_64" else f"{python_tag()}-{machine()}"
+
+
+def variant_member(name: str) -> str:
+    """The zip member of a packed library of this machine's (a CPU variant, a GPU backend)."""
+    return f"{NATIVE}{machine()}/bin/{name}"
+
+
+def _place(name: str) -> Optional[str]:
+    """Where zip member `name` goes in an extraction (`site-packages/…`), or None when it is
+    not for this process: another Python's or another architecture's compiled files."""
+    own = f"{NATIVE}{machine()}/"
+    if name.startswith(own):
+        return "site-packages/" + name[len(own) :]
+    if not name.startswith("site-packages/"):
+        return None
+    if ".cpython-" in name and name.endswith(".so"):
+        tag = f".cpython-{python_tag()[2:]}-"
+        return name if tag in name and f"-{machine()}-linux" in name else None
+    return name
+
+
 def _packed_variant(name: str) -> bool:
     """A CPU backend variant (left in the file until it is chosen, `runtime.engine.cpu`),
     a GPU backend or library (until a device uses it, `runtime.engine.gpu`), or libmtmd
@@ -104,13 +156,14 @@ def _packed_variant(name: str) -> bool:
 
 
 def _wanted(name: str) -> bool:
-    """site-packages members to extract: all but other Pythons' compiled modules, the CPU
-    variants (a dozen, 19 MB, of which one is used) and the GPU backends."""
-    if not name.startswith("site-packages/") or name.endswith("/") or _packed_variant(name):
-        return False
-    if ".cpython-" in name and name.endswith(".so"):
-        return f".cpython-{python_tag()[2:]}-" in name
-    return True
+    """Extraction paths to write: all of this Python's and machine's but the CPU variants
+    (a dozen, 19 MB, of which one is used) and the GPU backends."""
+    return not name.endswith("/") and not _packed_variant(name)
+
+
+def _placed(zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, str]]:
+    """Each member for this process, with its path in the extraction."""
+    return [(i, place) for i in zf.infolist() if (place := _place(i.filename)) is not None]
 
 
 def _deferred_tops(zf: zipfile.ZipFile) -> set[str]:
@@ -145,13 +198,13 @@ def _extract(zf: zipfile.ZipFile, env: Any, root: Path, tops: set[str]) -> Path:
         if (target / "site-packages").exists():  # another copy extracted it meanwhile
             return target
         try:
-            members = zf.infolist()
-            now = [i for i in members if _wanted(i.filename) and not _later(i.filename, tops)]
+            members = _placed(zf)
+            now = [(i, p) for i, p in members if _wanted(p) and not _later(p, tops)]
             _extract_members(zf, now, tmp)
             packed = {
-                i.filename[len(VARIANT_FOLDER) :]: i.file_size
-                for i in members
-                if _packed_variant(i.filename)
+                place[len(VARIANT_FOLDER) :]: i.file_size
+                for i, place in members
+                if _packed_variant(place)
             }
             if packed:
                 listing = tmp / VARIANT_FOLDER / PACKED_VARIANTS
@@ -166,28 +219,30 @@ def _extract(zf: zipfile.ZipFile, env: Any, root: Path, tops: set[str]) -> Path:
     return target
 
 
-def _extract_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], root: Path) -> None:
-    """Write `members` under `root`, on a few threads: zlib and the file system both let go
-    of the GIL, and most of a first start is spent here."""
+def _extract_members(
+    zf: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, str]], root: Path
+) -> None:
+    """Write each member at its path under `root`, on a few threads: zlib and the file system
+    both let go of the GIL, and most of a first start is spent here."""
     import threading
 
-    for name in {os.path.dirname(m.filename) for m in members}:
+    for name in {os.path.dirname(place) for _, place in members}:
         if name.startswith("/") or ".." in name.split("/"):
             raise OSError(f"unsafe path in the archive: {name}")
         os.makedirs(root / name, exist_ok=True)
-    queue = sorted(members, key=lambda m: m.file_size)  # largest first, popped from the end
+    queue = sorted(members, key=lambda m: m[0].file_size)  # largest first, popped from the end
     failed: list[BaseException] = []
 
     def work() -> None:
         while queue and not failed:
             try:
-                member = queue.pop()
+                member, place = queue.pop()
             except IndexError:
                 return
             try:
                 data = memoryview(zf.read(member))
                 mode = (member.external_attr >> 16) & 0o777 or 0o644
-                fd = os.open(root / member.filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+                fd = os.open(root / place, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
                 try:
                     while data:
                         data = data[os.write(fd, data) :]
@@ -281,9 +336,7 @@ class _Deferred:
                     return
                 with zipfile.ZipFile(self.archive) as zf:
                     members = [
-                        i
-                        for i in zf.infolist()
-                        if _wanted(i.filename) and _later(i.filename, self.tops)
+                        (i, p) for i, p in _placed(zf) if _wanted(p) and _later(p, self.tops)
                     ]
                     _extract_members(zf, members, tmp)
                 for entry in sorted((tmp / "site-packages").iterdir()):
@@ -309,7 +362,8 @@ def _defer(target: Path, tops: set[str]) -> None:
 
 
 def main() -> None:
-    global ARCHIVE
+    global ARCHIVE, THREADS
+    THREADS = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
     ARCHIVE = Path(sys.argv[0]).resolve()
     import _bootstrap
     from _bootstrap.environment import Environment  # type: ignore[import-not-found]
@@ -318,18 +372,18 @@ def main() -> None:
         _check_python(zf, ARCHIVE)
         env = Environment.from_json(zf.read("environment.json").decode())
         chosen = os.environ.get("SHIV_ROOT")
-        # One extraction per Python: each holds only its own compiled modules.
-        root = Path(chosen) if chosen else cache_dir() / "runtimes" / python_tag()
+        # One extraction per Python and machine: each holds only its own compiled files.
+        root = Path(chosen) if chosen else cache_dir() / "runtimes" / runtime_tag()
         tops = _deferred_tops(zf)
         why = _writable(root)
         if why is not None:
-            root = _fall_back(why) / "runtimes" / python_tag()
+            root = _fall_back(why) / "runtimes" / runtime_tag()
         try:
             target = _extract(zf, env, root, tops)
         except OSError as exc:
             if os.environ.get("LLAMAPYZ_CACHE", "").startswith(tempfile.gettempdir()) and why:
                 _die(f"{ARCHIVE}: cannot extract its runtime ({exc.strerror or exc})")
-            root = _fall_back(exc.strerror or str(exc)) / "runtimes" / python_tag()
+            root = _fall_back(exc.strerror or str(exc)) / "runtimes" / runtime_tag()
             try:
                 target = _extract(zf, env, root, tops)
             except OSError as again:
