@@ -15,7 +15,7 @@ case "$SUITE" in
 esac
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
 ROOT="$CACHE/sysroots/debian-$SUITE-arm64"
-if [ -x "$ROOT/usr/bin/$PY" ] && [ -f "$ROOT/.ready" ]; then
+if [ -x "$ROOT/usr/bin/$PY" ] && [ -f "$ROOT/.ready" ] && [ -e "$ROOT/lib/ld-linux-aarch64.so.1" ]; then
   echo "$ROOT"
   exit 0
 fi
@@ -40,6 +40,10 @@ apt-get "${apt_opts[@]}" -qq --download-only -y install "$PY" libstdc++6 >&2
 rm -rf "$ROOT.tmp" && mkdir -p "$ROOT.tmp"
 for deb in "$apt_dir"/archives/*.deb; do
   dpkg-deb -x "$deb" "$ROOT.tmp"
+done
+# Debian 13's packages install into /usr only (merged /usr: its base-files links /lib there).
+for top in lib bin sbin; do
+  [ -e "$ROOT.tmp/$top" ] || ln -s "usr/$top" "$ROOT.tmp/$top"
 done
 [ -x "$ROOT.tmp/usr/bin/$PY" ] || { echo "arm64-sysroot.sh: no usr/bin/$PY in the packages" >&2; exit 1; }
 touch "$ROOT.tmp/.ready"
