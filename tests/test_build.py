@@ -25,7 +25,7 @@ def leftovers(directory: Path) -> list[str]:
 def test_layout_is_shebang_aligned_gguf_then_zip(tiny_pyz: Path, tiny_gguf: Path) -> None:
     data = tiny_pyz.read_bytes()
     gguf = tiny_gguf.read_bytes()
-    head = preamble(["3.9", "3.10", "3.11", "3.12", "3.13"])
+    head = preamble(["3.9", "3.10", "3.11", "3.12", "3.13"], ["x86_64", "aarch64"])
     assert data.startswith(head)
     assert data[len(head) : ALIGNMENT] == bytes(ALIGNMENT - len(head))
     assert data[ALIGNMENT : ALIGNMENT + len(gguf)] == gguf
