@@ -25,6 +25,9 @@ ELF_MACHINES = {62: "x86_64", 183: "aarch64"}  # e_machine
 @pytest.fixture(scope="session")
 def sysroots() -> dict[str, Path]:
     """Debian 12's and 13's arm64 CPython, unpacked (never installed) into the dev cache."""
+    import fetch_smollm2
+
+    env = dict(os.environ, LLAMAPYZ_DEV_CACHE=str(fetch_smollm2.dev_cache()))
     found = {}
     for suite in PYTHONS:
         done = subprocess.run(
@@ -32,6 +35,7 @@ def sysroots() -> dict[str, Path]:
             capture_output=True,
             text=True,
             timeout=900,
+            env=env,
         )
         assert done.returncode == 0, done.stderr
         found[suite] = Path(done.stdout.strip())
@@ -87,6 +91,7 @@ def size_of(folder: Path) -> int:
 
 def test_one_file_carries_both_architectures_apart(tiny_pyz: Path) -> None:
     names = members(tiny_pyz)
+    assert "native/aarch64/llama_cpp/lib/libllama.so" in names, "run make install (arm64 side)"
     for machine in ("x86_64", "aarch64"):
         assert f"native/{machine}/llama_cpp/lib/libllama.so" in names
         assert f"native/{machine}/llama_cpp/lib/libgomp.so.1" in names
