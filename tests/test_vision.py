@@ -206,12 +206,15 @@ def test_image_without_a_prompt_is_bad_usage(vision_pyz: Path, pictures: Path) -
 
 def test_chat_attaches_images_and_decodes_each_once(vision_pyz: Path, pictures: Path) -> None:
     a, b = pictures / "a.png", pictures / "b.png"
-    typed = f"/image {a}\nhello\n/image {pictures / 'nope.png'}\n'{b}'\nhello\n/exit\n"
+    cut = pictures / "cut.png"
+    cut.write_bytes(image_bytes("png", 40, 30)[:60])
+    typed = f"/image {a}\nhello\n/image {pictures / 'nope.png'}\n{cut}\n'{b}'\nhello\n/exit\n"
     result = run_pyz(vision_pyz, "--chat", *FLAGS, "--temp", "0", "--verbose", input=typed)
     assert result.returncode == 0, result.stderr
     assert f"(attached {a}: it goes with your next message)" in result.stderr
     assert f"(attached {b}: it goes with your next message)" in result.stderr  # a path alone
     assert f"Error: {pictures / 'nope.png'} does not exist" in result.stderr
+    assert f"Error: {cut} could not be decoded as PNG" in result.stderr  # at once, not later
     # the second turn resends a.png: its positions are reused, only b.png is encoded
     assert result.stderr.count("encoding image slice") == 2
 
@@ -319,3 +322,26 @@ def test_the_scheduler_seam_decodes_an_image_into_any_sequence(
         other = vision.one_shot(seen, "hello", vision.read_images((str(pictures / "b.png"),)))
         vision.prefill(llm, other, held, 0)
         assert max(abs(a - b) for a, b in zip(first, logits())) > 1e-3  # another image
+
+
+def test_smollm2_sees_through_a_576_wide_projector_inside_its_chat_template(
+    smollm2_pyz: Path, pictures: Path, tmp_path: Path
+) -> None:
+    """A real model and its Jinja chat template: the marker rides in the message's content,
+    mtmd splits the templated text there; the projector is as wide as SmolLM2 (576)."""
+    wide = write_tiny_projector(tmp_path / "p576.gguf", width=576)
+    typed = f"/image {pictures / 'a.png'}\nWhat is this?\n/exit\n"
+    args = ("--mmproj", str(wide), "--chat", "-n", "8", "--temp", "0", "--verbose")
+    result = run_pyz(smollm2_pyz, *args, input=typed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "chat template: the model's own" in result.stderr
+    assert result.stderr.count("encoding image slice") == 1
+    assert "<|im_start|>user\n" in result.stderr  # mtmd's log of the text around the image
+    assert result.stdout.strip()
+    narrow = write_tiny_projector(tmp_path / "p64.gguf", width=64)
+    refused = run_pyz(
+        smollm2_pyz, "--mmproj", str(narrow), "--image", str(pictures / "a.png"), "-p", "hi"
+    )
+    assert_clean_error(
+        refused, 1, "mismatch between text model (n_embd = 576) and mmproj (n_embd = 64)"
+    )

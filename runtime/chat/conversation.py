@@ -81,7 +81,11 @@ class Conversation:
 
         if self.vision is None:
             raise vision.VisionError(vision.NO_PROJECTOR)
-        self.attached += vision.read_images((str(Path(path).expanduser()),))
+        image = vision.read_images((str(Path(path).expanduser()),))
+        self.vision.prompt(
+            self.vision.marker, image, fits=False
+        )  # decodes: a damaged one fails now
+        self.attached += image
         return f"(attached {path}: it goes with your next message)"
 
     def reply(self, user_text: str) -> Iterator[str]:

@@ -63,6 +63,11 @@ class Image:
     checked: Checked
 
 
+def _first_line(text: str) -> str:
+    """mtmd's reason, without the hint lines it logs after it."""
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
 def _projector_path(source: ModelSource) -> tuple[str, Optional[int]]:
     """A path mtmd can open for the projector, and the memfd behind it (None: the file itself)."""
     if source.offset == 0 and source.path.stat().st_size == source.size:
@@ -112,7 +117,7 @@ class Vision:
             if fd is not None:
                 os.close(fd)  # mtmd has read the tensors into its own buffers
         if not self._ctx:
-            detail = last_log_error()
+            detail = _first_line(last_log_error())
             raise VisionError(
                 f"the vision projector in {source.label} could not be loaded"
                 + (f": {detail}" if detail else "")
@@ -139,7 +144,7 @@ class Vision:
                 forget_log()
                 bitmap = M.mtmd_helper_bitmap_init_from_buf(self._ctx, buf, len(data), False)
                 if not bitmap:
-                    detail = last_log_error()
+                    detail = _first_line(last_log_error())
                     raise VisionError(
                         f"{image.name} could not be decoded as {image.checked.format}"
                         + (f" ({detail})" if detail else "")
