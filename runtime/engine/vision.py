@@ -100,9 +100,7 @@ class Vision:
         self._M = M
         self.llm = llm
         self.source = source
-        if (
-            backend._log_callback is not None
-        ):  # mtmd's log joins llama.cpp's (stderr with --verbose)
+        if backend._log_callback is not None:  # mtmd's log joins llama.cpp's (--verbose)
             M.mtmd_helper_log_set(backend._log_callback, ctypes.c_void_p())
         params = M.mtmd_context_params_default()
         params.use_gpu = device is not None
