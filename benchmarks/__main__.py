@@ -20,6 +20,7 @@ from benchmarks import (
     rows_ollama,
     rows_rpc,
     rows_server,
+    rows_spec,
     rows_speed,
     rows_start,
     synthetic,
@@ -61,6 +62,11 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         type=Path,
         help="A build of llama-bench and llama-server made by scripts/build-peers.sh. Default: "
         "the script's own (built first if missing; with --quick, those rows are skipped).",
+    )
+    p.add_argument(
+        "--spec-only",
+        action="store_true",
+        help="Only the speculation rows (workloads against llama-server and its n-gram modes).",
     )
     p.add_argument(
         "--gpu-only",
@@ -184,6 +190,8 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     # A full run builds the peers first (10-20 minutes, once); a quick one never waits for that.
     peers = locate(ctx, setup.variant, build=not args.quick, given=args.peers)
     loaded = rows_speed.check_variant(ctx, peers, setup) if peers else None
+    if args.spec_only:
+        return Measured(rows_spec.spec_rows(ctx, setup, peers), setup, peers, loaded)
     quick = args.quick or args.gpu_lavapipe  # lavapipe: about 1 tok/s
     gpu_opts = rows_gpu.Options(
         args.gpu_backends, args.gpu_lavapipe, pp=32 if quick else 512, tg=8 if quick else 128
@@ -206,6 +214,8 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
         env=ctx.env,
         prompt=args.prompt or "",
     )
+    if not args.quick:  # minutes of requests: no smoke run
+        rows += rows_spec.spec_rows(ctx, setup, peers)
     return Measured(rows + gpu, setup, peers, loaded)
 
 

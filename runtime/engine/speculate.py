@@ -21,7 +21,7 @@ from runtime.engine import settings
 from runtime.engine.backend import EngineError
 
 # llama-server's names for its n-gram modes; they all mean prompt lookup here.
-NGRAM_NAMES = ("ngram", "ngram-simple", "ngram-mod", "ngram-cache")
+NGRAM_NAMES = ("ngram", "ngram-simple", "ngram-mod", "ngram-map-k", "ngram-map-k4v", "ngram-cache")
 DRAFT_NAMES = ("draft", "draft-simple")  # the draft model alone
 SPEC_TYPES = ("auto", "none", *NGRAM_NAMES, *DRAFT_NAMES)
 

@@ -39,6 +39,7 @@ class Slot:
     unsent: str = ""  # text of this step's tokens, sent together once the step is read
     drafted: int = 0  # draft tokens verified for this job
     accepted: int = 0  # of them, those the model agreed with
+    drafts: int = 0  # drafts verified (steps with a draft)
     prompt_n: int = 0  # prompt tokens decoded (those after the reused prefix)
     started: float = 0.0  # when the job took the slot (perf_counter)
     read: float = 0.0  # when its prompt was read (0.0: not yet)
@@ -100,7 +101,7 @@ class Scheduler:
         slot.produced = 0
         slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         slot.stops = StopFilter(job.stops)
-        slot.drafted = slot.accepted = 0
+        slot.drafted = slot.accepted = slot.drafts = 0
         slot.prompt_n, slot.started, slot.read = len(slot.pending), time.perf_counter(), 0.0
         slot.drafter = self.drafters(slot.seq) if self.drafters is not None else None
         if slot.drafter is not None:
@@ -144,7 +145,9 @@ class Scheduler:
             "predicted_ms": 1000.0 * (now - read),
         }
         if slot.drafter is not None:
-            spent.update(draft_n=slot.drafted, draft_n_accepted=slot.accepted)
+            spent.update(
+                draft_n=slot.drafted, draft_n_accepted=slot.accepted, draft_steps=slot.drafts
+            )
         return spent
 
     def step(self) -> None:
@@ -211,6 +214,7 @@ class Scheduler:
             return []
         draft = slot.drafter.propose(limit, generating)[:limit]
         slot.drafted += len(draft)
+        slot.drafts += bool(draft)
         return draft
 
     def _verify(self, slot: Slot, index: int, draft: list[int]) -> None:

@@ -132,6 +132,7 @@ def timings(dones: dict[int, dict[str, Any]]) -> dict[str, Any]:
     if any("draft_n" in t for t in spent):
         out["draft_n"] = sum(t.get("draft_n", 0) for t in spent)
         out["draft_n_accepted"] = sum(t.get("draft_n_accepted", 0) for t in spent)
+        out["draft_steps"] = sum(t.get("draft_steps", 0) for t in spent)  # not llama-server's
     return out
 
 
