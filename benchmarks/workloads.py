@@ -2,7 +2,8 @@
 repetition (other names and numbers), so that no cache anywhere replays an earlier result.
 
 Each is a /v1/completions prompt in SmolLM2's chat format (ChatML), ending where the answer
-begins. `copy_ratio` says how much of an answer the prompt already held.
+begins (for the code edit, after its first lines, as an editor's completion has them: a 135M
+model follows that). `copy_ratio` says how much of an answer the prompt already held.
 """
 
 from __future__ import annotations
@@ -22,21 +23,20 @@ def _chat(user: str, start: str = "") -> str:
 
 def code_edit(i: int) -> str:
     r = random.Random(i)
-    fn, var = r.choice(NAMES) + f"_{i}", r.choice(["x", "acc", "value"])
+    fn, var = r.choice(NAMES) + f"_{i}", r.choice(["acc", "value", "x"])
     rate = r.randint(2, 19)
     code = (
-        f"def {fn}(items, limit={r.randint(3, 90)}):\n"
+        f"def {fn}(items):\n"
         f"    {var} = 0\n"
         f"    for item in items:\n"
-        f"        if item.quantity > limit:\n"
-        f"            continue\n"
         f"        {var} += item.price * item.quantity * {rate} / 100\n"
         f"    return round({var}, 2)\n"
     )
+    # The answer's first two lines are given, as an editor's completion would have them.
     return _chat(
-        f"Here is a function:\n\n```python\n{code}```\n\nReturn the same function with "
-        f"`{var}` renamed to `total`. Change nothing else.",
-        "```python\n",
+        f"Here is a function:\n\n```python\n{code}```\n\nRename `{var}` to `total` and "
+        "return the whole function.",
+        f"```python\ndef {fn}(items):\n    total = 0\n",
     )
 
 
@@ -54,7 +54,7 @@ def _passage(r: random.Random) -> str:
 def quote(i: int) -> str:
     r = random.Random(1000 + i)
     passage = _passage(r)
-    return _chat(f'Passage: "{passage}"\n\nQuote the passage exactly, word for word.', '"')
+    return f'Passage: "{passage}"\n\nThe passage quoted exactly, word for word: "'
 
 
 def rag(i: int) -> str:
