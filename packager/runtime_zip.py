@@ -19,7 +19,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from packager.errors import PackError
 from runtime.file.boot import NATIVE
@@ -61,8 +61,9 @@ class RuntimeZip:
     cpu_variants: list[str]  # the first architecture's (the builder's, when carried)
     pythons: list[str]
     gpu_backends: list[str]
-    # machine -> {"cpu_variants": [...], "gpu_backends": [...]}, for each architecture carried
-    arches: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # machine -> {"cpu_variants": [...], "gpu_backends": [...], "floor": {"glibc": "2.34", …}},
+    # for each architecture carried (packager/elf.py reads the floor)
+    arches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _dist_files(name: str) -> list[tuple[str, Path]]:
@@ -299,7 +300,7 @@ def _build(
 ) -> RuntimeZip:
     """`natives`: for each architecture to carry, its files beyond the installed engine's
     (the builder's: its GPU backends; another: its cross-built llama.cpp)."""
-    from packager import abis, arches, gpu_libs
+    from packager import abis, arches, elf, gpu_libs
 
     found = collect()
     host = arches.host()
@@ -310,7 +311,7 @@ def _build(
                 files.append((f"{NATIVE}{host}/{arc}", src))
         elif not abis.EXT.search(arc) or host in natives:
             files.append((arc, src))
-    carried: dict[str, dict[str, list[str]]] = {}
+    carried: dict[str, dict[str, Any]] = {}
     for machine, extra in natives.items():
         files += [(f"{NATIVE}{machine}/{arc}", src) for arc, src in extra]
         files += abis.extension_files(cache, found.compiled, pythons, machine)
@@ -319,6 +320,7 @@ def _build(
         carried[machine] = {
             "cpu_variants": arches.variants(mine),
             "gpu_backends": gpu_libs.backends(extra),
+            "floor": elf.floor([src for _, src in mine]),
         }
     files.sort()
     first = carried[next(iter(carried))] if carried else {"cpu_variants": [], "gpu_backends": []}

@@ -1,6 +1,6 @@
 """One file for Linux x86-64 and arm64: the same .pyz runs natively here and under qemu-aarch64
 with Debian's own arm64 CPython (bookworm's 3.11, trixie's 3.13, in sysroots fetched once into
-the dev cache by scripts/arm64-sysroot.sh); each architecture extracts only its own files."""
+the dev cache by scripts/debian-sysroot.sh); each architecture extracts only its own files."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def sysroots() -> dict[str, Path]:
     found = {}
     for suite in PYTHONS:
         done = subprocess.run(
-            [str(ROOT / "scripts" / "arm64-sysroot.sh"), suite],
+            [str(ROOT / "scripts" / "debian-sysroot.sh"), suite],
             capture_output=True,
             text=True,
             timeout=900,

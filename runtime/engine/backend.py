@@ -13,6 +13,7 @@ import ctypes
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import time
@@ -52,6 +53,12 @@ def bindings() -> Any:
         with _typing_extensions_stub():
             return importlib.import_module("llama_cpp.llama_cpp")
     except (OSError, RuntimeError, FileNotFoundError) as exc:
+        older = re.search(r"version .(GLIBCXX_[0-9.]+). not found", str(exc))
+        if older:  # RHEL 9, Amazon Linux 2023: glibc 2.34, but GCC 11's C++ runtime
+            raise EngineError(
+                f"this system's libstdc++.so.6 is older than llama.cpp needs: it lacks "
+                f"{older[1]} (the C++ runtime of GCC 12 or newer)"
+            ) from None
         raise EngineError(f"cannot load llama.cpp's shared library ({exc})") from None
 
 

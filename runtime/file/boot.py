@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 ARCHIVE: Optional[Path] = None
-# What is compiled for one architecture (llama.cpp's libraries, the CPU variants, the GPU
-# backends) lies in the zip under native/<machine>/, at its path under site-packages: the boot
-# extracts only its own machine's there. Extension modules carry their architecture in their
-# names and lie in site-packages with the rest.
+# What is compiled for one architecture (llama.cpp's libraries, CPU variants, GPU backends) lies
+# under native/<machine>/ at its path under site-packages; extension modules, whose names say
+# their architecture, lie in site-packages. The boot extracts only its own machine's.
 NATIVE = "native/"
 MACHINES = {"x86_64": "Linux x86-64", "aarch64": "Linux arm64"}  # platform.machine() -> name
 VARIANT_FOLDER = "site-packages/bin/"  # in an extraction
@@ -57,15 +56,9 @@ THREADS = 0  # the process's OS threads when the boot began: more than 1 are an 
 
 
 def boot_threads() -> int:
-    """How many OS threads this process had before it ran any of the file's code: 1, or more
-    under an emulator that runs threads of its own (qemu-user adds one); 1 outside a .pyz."""
+    """The OS threads this process had before any of the file's code ran (qemu-user adds one)."""
     found = getattr(sys.modules.get("_llamapyz_boot"), "THREADS", 0)
     return found if isinstance(found, int) and found > 0 else 1
-
-
-def _die(message: str) -> None:
-    sys.stderr.write(f"{message}\n")
-    sys.exit(1)
 
 
 def _check_python(zf: zipfile.ZipFile, path: Path) -> None:
@@ -77,14 +70,24 @@ def _check_python(zf: zipfile.ZipFile, path: Path) -> None:
         return
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if pythons and here not in pythons:
-        _die(
-            f"{path} needs CPython {', '.join(pythons)}; found Python "
-            f"{sys.version.split()[0]} at {sys.executable}"
-        )
+        sys.exit(f"{path} needs CPython {', '.join(pythons)}; found Python "
+                 f"{sys.version.split()[0]} at {sys.executable}")  # fmt: skip
     carried = build.get("arches")
     if isinstance(carried, dict) and carried and machine() not in carried:
         shown = ", ".join(MACHINES.get(m, m) for m in sorted(carried, reverse=True))
-        _die(f"{path} runs on {shown}; this is {MACHINES.get(machine(), 'Linux ' + machine())}")
+        sys.exit(f"{path} runs on {shown}; this is {MACHINES.get(machine(), 'Linux ' + machine())}")
+    need = str(carried.get(machine(), {}).get("floor", {}).get("glibc", "")) if carried else ""
+    # "glibc 2.31"; musl has none, and its loader names what it lacks
+    have = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else ""
+    if _older((have or "").partition(" ")[2], need):
+        sys.exit(f"{path} needs glibc {need} or newer (Debian 12, Ubuntu 22.04, Fedora 35, RHEL 9 and "
+             f"later); this system has {have}")  # fmt: skip
+
+
+def _older(have: str, need: str) -> bool:
+    """Whether version `have` ("2.31") is older than `need` ("2.34"); False for either unknown."""
+    ok = have.replace(".", "").isdigit() and need.replace(".", "").isdigit()
+    return ok and [int(x) for x in have.split(".")] < [int(x) for x in need.split(".")]
 
 
 def _writable(root: Path) -> Optional[str]:
@@ -344,7 +347,7 @@ class _Deferred:
                         os.rename(entry, self.site / entry.name)
                 done.touch()
         except OSError as exc:
-            _die(f"{self.archive}: cannot extract its server packages ({exc.strerror or exc})")
+            sys.exit(f"{self.archive}: cannot extract its server packages ({exc.strerror or exc})")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         importlib.invalidate_caches()
@@ -382,12 +385,12 @@ def main() -> None:
             target = _extract(zf, env, root, tops)
         except OSError as exc:
             if os.environ.get("LLAMAPYZ_CACHE", "").startswith(tempfile.gettempdir()) and why:
-                _die(f"{ARCHIVE}: cannot extract its runtime ({exc.strerror or exc})")
+                sys.exit(f"{ARCHIVE}: cannot extract its runtime ({exc.strerror or exc})")
             root = _fall_back(exc.strerror or str(exc)) / "runtimes" / runtime_tag()
             try:
                 target = _extract(zf, env, root, tops)
             except OSError as again:
-                _die(f"{ARCHIVE}: cannot extract its runtime ({again.strerror or again})")
+                sys.exit(f"{ARCHIVE}: cannot extract its runtime ({again.strerror or again})")
         _hold(target)
         _defer(target, tops)
     if not chosen:

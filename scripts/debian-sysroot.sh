@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
-# Debian's arm64 CPython in a sysroot, for running a .pyz under qemu-aarch64 on an x86-64 host:
-#   scripts/arm64-sysroot.sh bookworm     # CPython 3.11 (Debian 12)
-#   scripts/arm64-sysroot.sh trixie       # CPython 3.13 (Debian 13)
+# Debian's own CPython in a sysroot, for running a .pyz with another Debian's Python and libraries
+# (qemu-aarch64 -L SYSROOT for arm64 on an x86-64 host, qemu-x86_64 -L SYSROOT for an older x86-64):
+#   scripts/debian-sysroot.sh bookworm [arm64]     # CPython 3.11 (Debian 12)
+#   scripts/debian-sysroot.sh trixie [arm64]       # CPython 3.13 (Debian 13)
+#   scripts/debian-sysroot.sh bullseye amd64       # CPython 3.9, glibc 2.31 (Debian 11)
 # The packages are downloaded with apt-get in a private apt state (its own sources list, lists,
-# cache and an empty dpkg status; APT::Architecture=arm64) and unpacked with dpkg-deb -x: the
-# host's dpkg never learns of arm64. Once, into ${LLAMAPYZ_DEV_CACHE:-~/.cache/llamapyz-dev}.
+# cache and an empty dpkg status; APT::Architecture=ARCH) and unpacked with dpkg-deb -x: the
+# host's dpkg never learns of them. Once, into ${LLAMAPYZ_DEV_CACHE:-~/.cache/llamapyz-dev}.
 # Prints the sysroot on stdout; run with: qemu-aarch64 -L SYSROOT SYSROOT/usr/bin/python3.X.
 set -euo pipefail
-SUITE=${1:?usage: arm64-sysroot.sh bookworm|trixie}
+SUITE=${1:?usage: debian-sysroot.sh bullseye|bookworm|trixie [arm64|amd64]}
+ARCH=${2:-arm64}
 case "$SUITE" in
+  bullseye) PY=python3.9 ;;
   bookworm) PY=python3.11 ;;
   trixie) PY=python3.13 ;;
-  *) echo "arm64-sysroot.sh: unknown suite $SUITE (bookworm or trixie)" >&2; exit 2 ;;
+  *) echo "debian-sysroot.sh: unknown suite $SUITE (bullseye, bookworm or trixie)" >&2; exit 2 ;;
+esac
+case "$ARCH" in
+  arm64 | amd64) ;;
+  *) echo "debian-sysroot.sh: unknown architecture $ARCH (arm64 or amd64)" >&2; exit 2 ;;
 esac
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
-ROOT="$CACHE/sysroots/debian-$SUITE-arm64"
-if [ -x "$ROOT/usr/bin/$PY" ] && [ -f "$ROOT/.ready" ] && [ -e "$ROOT/lib/ld-linux-aarch64.so.1" ]; then
+ROOT="$CACHE/sysroots/debian-$SUITE-$ARCH"
+if [ -x "$ROOT/usr/bin/$PY" ] && [ -f "$ROOT/.ready" ] && [ -e "$ROOT/lib" ]; then
   echo "$ROOT"
   exit 0
 fi
-echo "fetching Debian $SUITE's arm64 $PY into $ROOT (once) ..." >&2
+echo "fetching Debian $SUITE's $ARCH $PY into $ROOT (once) ..." >&2
 mkdir -p "$CACHE/sysroots"
 apt_dir=$(mktemp -d "$CACHE/sysroots/.apt.XXXXXX")
 trap 'rm -rf "$apt_dir" "$ROOT.tmp"' EXIT
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/etc/preferences.d"
-echo "deb [arch=arm64] http://deb.debian.org/debian $SUITE main" >"$apt_dir/etc/sources.list"
+echo "deb [arch=$ARCH] http://deb.debian.org/debian $SUITE main" >"$apt_dir/etc/sources.list"
 : >"$apt_dir/status"
-apt_opts=(-o "APT::Architecture=arm64" -o "APT::Architectures::=arm64"
+apt_opts=(-o "APT::Architecture=$ARCH" -o "APT::Architectures::=$ARCH"
   -o "Dir::Etc::SourceList=$apt_dir/etc/sources.list" -o "Dir::Etc::SourceParts=-"
   -o "Dir::Etc::Preferences=-" -o "Dir::Etc::PreferencesParts=$apt_dir/etc/preferences.d"
   -o "Dir::State=$apt_dir" -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir"
@@ -45,7 +53,7 @@ done
 for top in lib bin sbin; do
   [ -e "$ROOT.tmp/$top" ] || ln -s "usr/$top" "$ROOT.tmp/$top"
 done
-[ -x "$ROOT.tmp/usr/bin/$PY" ] || { echo "arm64-sysroot.sh: no usr/bin/$PY in the packages" >&2; exit 1; }
+[ -x "$ROOT.tmp/usr/bin/$PY" ] || { echo "debian-sysroot.sh: no usr/bin/$PY in the packages" >&2; exit 1; }
 touch "$ROOT.tmp/.ready"
 rm -rf "$ROOT" && mv "$ROOT.tmp" "$ROOT"
 echo "$ROOT"
