@@ -80,8 +80,8 @@ def _check_python(zf: zipfile.ZipFile, path: Path) -> None:
     # "glibc 2.31"; musl has none, and its loader names what it lacks
     have = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else ""
     if _older((have or "").partition(" ")[2], need):
-        sys.exit(f"{path} needs glibc {need} or newer (Debian 12, Ubuntu 22.04, Fedora 35, RHEL 9 and "
-             f"later); this system has {have}")  # fmt: skip
+        sys.exit(f"{path} needs glibc {need} or newer (Debian 12, Ubuntu 22.04, Fedora 36 and "
+                 f"later); this system has {have}")  # fmt: skip
 
 
 def _older(have: str, need: str) -> bool:
