@@ -174,12 +174,13 @@ def start_rows(ctx: Context, setup: Setup) -> list[Row]:
         ),
         Row(
             key="pyz_overhead",
-            name=".pyz size minus GGUF size, vs GGUF size",
+            name=".pyz size minus GGUF size (Linux x86-64 and arm64), vs GGUF size",
             unit="bytes",
             ours=[float(pyz_size - gguf_size)],
             peer_name="GGUF",
             peer=[float(gguf_size)],
-            goal=Goal("<=", 30 * MB, on_ratio=False),
+            # Issue 21: both architectures, five Pythons, Vulkan on x86-64 (one was 30 MB)
+            goal=Goal("<=", 45 * MB, on_ratio=False),
             extra={"pyz_bytes": pyz_size, "gguf_bytes": gguf_size},
         ),
     ]

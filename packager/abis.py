@@ -67,20 +67,26 @@ def extension_files(
     distributions (name -> version) for `pythons`, but the ones installed here, extracted from
     their wheels into the cache."""
     import platform
+    from concurrent.futures import ThreadPoolExecutor
 
+    wanted = [
+        (dist, version, python)
+        for dist, version in sorted(compiled.items())
+        for python in pythons
+        if not (python == own_version() and machine == platform.machine())
+    ]
+    # Each fetch is a pip process waiting on the index, most of a first build's time: a few at once.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        wheels = list(pool.map(lambda w: _wheel(cache, w[0], w[1], w[2], machine), wanted))
     extra: list[tuple[str, Path]] = []
-    for dist, version in sorted(compiled.items()):
-        for python in pythons:
-            if python == own_version() and machine == platform.machine():
-                continue
-            wheel = _wheel(cache, dist, version, python, machine)
-            out = cache / "build" / "abi" / wheel.stem
-            with zipfile.ZipFile(wheel) as zf:
-                for name in zf.namelist():
-                    if EXT.search(name):
-                        target = out / name
-                        if not target.exists():
-                            target.parent.mkdir(parents=True, exist_ok=True)
-                            target.write_bytes(zf.read(name))
-                        extra.append((name, target))
+    for wheel in wheels:
+        out = cache / "build" / "abi" / wheel.stem
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if EXT.search(name):
+                    target = out / name
+                    if not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(zf.read(name))
+                    extra.append((name, target))
     return extra
