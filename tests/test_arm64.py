@@ -13,7 +13,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_clean_error, free_port, pack, run_pyz
+from conftest import (
+    ROOT,
+    assert_clean_error,
+    free_port,
+    image_bytes,
+    pack,
+    run_pyz,
+    write_tiny_projector,
+)
 
 # qemu's default `max` emulates pointer authentication and 512-bit SVE so slowly that a start
 # takes minutes: always these two options with it.
@@ -251,3 +259,22 @@ def test_python_3_13_chat_and_external_weights_under_qemu(
                 "--temp", "0", input="hello\n", env=env)  # fmt: skip
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.strip()
+
+
+@pytest.mark.slow
+def test_an_image_under_qemu_extracts_arm64_libmtmd(
+    tiny_gguf: Path, sysroots: dict[str, Path], tmp_path: Path
+) -> None:
+    projector = write_tiny_projector(tmp_path / "proj.gguf", width=64)
+    picture = tmp_path / "a.png"
+    picture.write_bytes(image_bytes("png", 40, 30, seed=1))
+    pyz = tmp_path / "v.pyz"
+    built = pack("build", str(tiny_gguf), "--mmproj", str(projector), "-o", str(pyz))
+    assert built.returncode == 0, built.stderr
+    env = dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache"))
+    seen = qemu(sysroots["bookworm"], "bookworm", pyz, "--image", str(picture), "-p", "hi",
+                "-n", "4", "--seed", "3", env=env)  # fmt: skip
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.strip()
+    libmtmd = extraction(tmp_path / "cache", "cp311-aarch64") / "site-packages/bin/libmtmd.so"
+    assert elf_machines(libmtmd.parent) == {"aarch64"} and libmtmd.stat().st_size > 1_000_000
