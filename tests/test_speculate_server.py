@@ -38,7 +38,7 @@ def llm(smollm2: Path) -> Iterator[Any]:
         yield m
 
 
-def ngram() -> Any:
+def ngram(seq: int) -> Any:
     return speculate.NgramDrafter(8, 0)
 
 
@@ -54,7 +54,7 @@ class Ran:
 def run(
     llm: Any,
     prompts: list[Any],
-    drafters: Optional[Callable[[], Any]],
+    drafters: Optional[Callable[[int], Any]],
     n: int = 80,
     stops: tuple[str, ...] = (),
     logprobs: Optional[int] = None,
@@ -116,7 +116,7 @@ def test_concurrent_greedy_requests_give_the_same_text(llm: Any) -> None:
 def test_random_drafts_change_nothing(llm: Any) -> None:
     drafters: list[RandomDrafter] = []
 
-    def new() -> RandomDrafter:
+    def new(seq: int) -> RandomDrafter:
         drafters.append(RandomDrafter(llm.n_vocab))
         return drafters[-1]
 
