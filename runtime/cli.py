@@ -252,6 +252,12 @@ def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
     help="Server: put <think>…</think> in reasoning_content (deepseek) or leave it in the text.",
 )
 @click.option("--nobrowser", is_flag=True, help="Do not open the chat page in a browser.")
+@click.option("--allow-remote-media", is_flag=True, help="Server: fetch http(s) image URLs.")
+@click.option(
+    "--media-path",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Server: file:// image URLs may name files under this folder (refused without it).",
+)
 @click.option(
     "-np",
     "--parallel",
@@ -343,6 +349,7 @@ def main(**kw: Any) -> None:
                 opts,
                 grammar_text,
                 sock,
+                projector,
             )
             return
         with modes.loaded(opts, source, offload, choice, projector) as (llm, vision):

@@ -120,10 +120,11 @@ def open_draft(opts: Options, source: Any, llm: Any, rpc_offload: Any, choice: A
 
 
 def vision_inputs(opts: Options, chatting: bool) -> tuple[Any, list[Any]]:
-    """The projector (where -p has --image, or a chat may attach one) and --image's files."""
+    """The projector (where -p has --image, a chat may attach one, or the server may be sent
+    one) and --image's files."""
     from runtime.engine import vision
 
-    wanted = bool(opts.images or chatting) and not (opts.server or opts.embedding)
+    wanted = bool(opts.images or chatting or opts.server) and not opts.embedding
     return vision.inputs(opts.mmproj, opts.model, opts.images, archive()) if wanted else (None, [])
 
 
@@ -177,14 +178,21 @@ def bind(opts: Options) -> Any:
 
 
 def serve(
-    load_model: Any, source: Any, opts: Options, grammar_text: Optional[str], sock: Any
+    load_model: Any,
+    source: Any,
+    opts: Options,
+    grammar_text: Optional[str],
+    sock: Any,
+    projector: Any = None,
 ) -> None:
-    """Serve on `sock`, answering 503 while `load_model()` loads the model."""
+    """Serve on `sock`, answering 503 while `load_model()` loads the model (and `projector`,
+    the vision projector, beside it)."""
     import time
 
     from runtime.chat import templates
+    from runtime.engine import vision
     from runtime.serve import app as server
-    from runtime.serve import metrics, service
+    from runtime.serve import media, metrics, service
     from runtime.serve import state as served
 
     loaded: list[Any] = []
@@ -192,6 +200,10 @@ def serve(
     def load() -> Any:
         llm = load_model()
         loaded.append(llm)
+        devices = [] if opts.no_mmproj_offload else llm.gpu_devices
+        seen = vision.open_for(llm, projector, devices, opts.threads or settings.default_threads())
+        if seen is not None:
+            loaded.insert(0, seen)  # closed before the model
         fmt = templates.choose(llm, opts.chat_template, baked_template())
         click.echo(fmt.notice(), err=True)
         work = service.Service(llm, slots=opts.parallel, drafters=drafters(llm, opts))
@@ -208,6 +220,8 @@ def serve(
             api_key=opts.api_key,
             created=int(time.time()),
             cors_origins=opts.cors_origin,
+            vision=seen,
+            media=media.Policy(opts.allow_remote_media, opts.media_path),
         )
 
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
@@ -219,8 +233,8 @@ def serve(
     try:
         server.serve(load, sock, opts.host, open_browser=not opts.nobrowser)
     finally:
-        for llm in loaded:
-            llm.close()
+        for each in loaded:  # the projector, then the model
+            each.close()
 
 
 def clean_cache() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 
@@ -52,6 +53,8 @@ class Options:
     alias: Optional[str]
     reasoning_format: str
     nobrowser: bool
+    allow_remote_media: bool
+    media_path: Optional[Path]
     parallel: int
     grammar_file: Optional[str]
     json_schema: Optional[str]

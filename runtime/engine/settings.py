@@ -32,6 +32,7 @@ SPEC_MISSES_BEFORE_PAUSE = 3  # drafts in a row kept not at all, then drafting p
 SPEC_PAUSE = 8  # steps of that pause (times the pauses so far)
 IMAGE_MAX_BYTES = 20_000_000  # an image file (checked before decoding)
 IMAGE_MAX_PIXELS = 50_000_000  # width x height, read from the header before decoding
+MEDIA_FETCH_SECONDS = 10.0  # the server's fetch of an http(s) image (--allow-remote-media)
 # While g sequences generate in one batch, a drafted token costs about 1 / (g + STEP_COST)
 # of the step it rides on (a one-token step costs STEP_COST + 1 batch tokens: llama-bench's
 # T(k) ~ 0.75 + 0.25 k on this project's 2-core CPU), so drafting pays while the share of

@@ -8,6 +8,13 @@ shares a prefix with an earlier request (a chat's next turn) skips re-reading it
 With speculation, a generating slot's row is [last token, *draft] with logits on every
 position; the slot's own sampler then keeps the draft while it agrees (engine/speculate.py's
 rule) and the rejected positions leave the sequence again, so `cached` stays what it holds.
+
+A prompt with images (engine/vision.py's `Prompt`: an image's tokens are stand-ins keyed by
+its hash) is read a text run at a time in the shared batch, at the prompt's positions; a slot
+whose pending tokens begin with an image decodes it out of band (`vision.decode_image`, its
+own batches), one image per step, so the other slots keep generating between images. Prefix
+reuse keeps whole images only (`Prompt.keep`): a chat that resends an image decodes it once.
+Such a slot does not speculate (its drafter would propose the stand-ins).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from runtime.chat.stops import StopFilter
-from runtime.engine import logprobs
+from runtime.engine import logprobs, vision
 from runtime.engine.model import EngineError
 from runtime.engine.speculate import Drafter
 from runtime.serve.jobs import Job
@@ -69,6 +76,8 @@ class Scheduler:
         self.capacity = max(model.n_batch, slots)
         self.batch = self.C.llama_batch_init(self.capacity, 0, 1)
         self.cancelled = 0  # requests stopped because their client went away
+        self.images_encoded = 0  # images decoded into a sequence
+        self.image_hits = 0  # images a prompt had whose tokens a sequence already held
 
     @property
     def active(self) -> bool:
@@ -91,8 +100,12 @@ class Scheduler:
             return min(n, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
 
         slot = max((s for s in self.slots if s.job is None), key=shared)
+        prompt = job.prompt
         keep = shared(slot)
-        C.llama_memory_seq_rm(C.llama_get_memory(self.model._ctx), slot.seq, keep, -1)
+        if isinstance(prompt, vision.Prompt):  # no half an image is kept
+            keep = prompt.keep(keep)
+            self.image_hits += sum(s.image and s.start < keep for s in prompt.spans)
+        C.llama_memory_seq_rm(C.llama_get_memory(self.model._ctx), slot.seq, _pos(prompt, keep), -1)
         slot.cached = slot.cached[:keep]
         slot.pending = list(job.prompt[keep:])
         slot.job = job
@@ -103,7 +116,8 @@ class Scheduler:
         slot.stops = StopFilter(job.stops)
         slot.drafted = slot.accepted = slot.drafts = 0
         slot.prompt_n, slot.started, slot.read = len(slot.pending), time.perf_counter(), 0.0
-        slot.drafter = self.drafters(slot.seq) if self.drafters is not None else None
+        drafters = None if isinstance(prompt, vision.Prompt) else self.drafters
+        slot.drafter = drafters(slot.seq) if drafters is not None else None
         if slot.drafter is not None:
             slot.drafter.begin(job.prompt)
 
@@ -156,6 +170,7 @@ class Scheduler:
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled.is_set():
                 self._finish(slot, "cancelled")
+        self._decode_image()
         rows: list[Row] = []
         room = self.capacity
         generating = [s for s in self.slots if s.job is not None and s.last is not None]
@@ -168,7 +183,9 @@ class Scheduler:
             room -= len(tokens)
         for slot in self.slots:
             if slot.job is not None and slot.pending and room:
-                chunk = slot.pending[:room]
+                chunk = slot.pending[: min(room, self._text_left(slot))]
+                if not chunk:
+                    continue  # an image is next: decoded out of band in a later step
                 rows.append(Row(slot, chunk, False, int(len(chunk) == len(slot.pending))))
                 room -= len(chunk)
         if not rows:
@@ -176,7 +193,7 @@ class Scheduler:
         n = 0
         verify: list[tuple[Row, int]] = []  # a row whose logits are read, at its first index
         for row in rows:
-            start = len(row.slot.cached)
+            start = _pos(row.slot.job.prompt if row.slot.job else [], len(row.slot.cached))
             first = len(row.tokens) - row.logits
             for i, token in enumerate(row.tokens):
                 batch.token[n] = token
@@ -200,6 +217,37 @@ class Scheduler:
                 del row.slot.pending[: len(row.tokens)]
         for row, index in verify:
             self._verify(row.slot, index, row.tokens[1:] if row.generating else [])
+
+    def _text_left(self, slot: Slot) -> int:
+        """How many of the slot's pending tokens are text before its next image."""
+        prompt = slot.job.prompt if slot.job is not None else []
+        if not isinstance(prompt, vision.Prompt):
+            return len(slot.pending)
+        at = len(slot.cached)
+        return prompt.text_until(at) - at if at < len(prompt) else len(slot.pending)
+
+    def _decode_image(self) -> None:
+        """Decode, out of band, the image that the first slot waiting on one has next."""
+        for slot in self.slots:
+            prompt = slot.job.prompt if slot.job is not None else []
+            if not slot.pending or not isinstance(prompt, vision.Prompt):
+                continue
+            try:
+                n = vision.decode_image(self.model, prompt, len(slot.cached), slot.seq)
+            except EngineError as exc:
+                memory = self.C.llama_get_memory(self.model._ctx)
+                self.C.llama_memory_seq_rm(memory, slot.seq, -1, -1)
+                slot.cached = []
+                self._finish(slot, "error", exc)
+                return
+            if not n:
+                continue
+            self.images_encoded += 1
+            slot.cached += slot.pending[:n]
+            del slot.pending[:n]
+            if not slot.pending:  # an image gives no logits (serve/media.py refuses these)
+                self._finish(slot, "error", EngineError("the prompt ends with an image"))
+            return
 
     def _draft(self, slot: Slot, generating: int, room: int) -> list[int]:
         """The draft to verify after `slot.last`: within the room left in the batch, the
@@ -288,3 +336,13 @@ class Scheduler:
             if slot.job is not None:
                 self._finish(slot, "cancelled")
         self.C.llama_batch_free(self.batch)
+
+
+def _pos(prompt: list[int], index: int) -> int:
+    """The position of token `index` of a sequence that holds `prompt` and then what was
+    generated after it (an image may take fewer positions than tokens: M-RoPE)."""
+    if not isinstance(prompt, vision.Prompt):
+        return index
+    if index < len(prompt):
+        return prompt.pos_at(index)
+    return prompt.pos_at(len(prompt)) + index - len(prompt)

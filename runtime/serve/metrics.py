@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from runtime.serve.jobs import Job
@@ -43,6 +44,7 @@ class Metrics:
         slots.set(service.slots)
         waiting = Gauge("llamapyz_queue_length", "Requests waiting for a slot.", registry=r)
         waiting.set_function(lambda: float(service.status()["waiting"]))
+        r.register(_Images(service))
 
     def observe(self, job: Job, done: dict[str, Any], seconds: float) -> None:
         made = int(done.get("completion_tokens", 0))
@@ -59,3 +61,25 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Images:
+    """Images decoded and images reused, as the scheduler counts them (read when scraped)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        status = self.service.status()
+        yield CounterMetricFamily(
+            "llamapyz_images_encoded",
+            "Images encoded and decoded into a sequence.",
+            value=status["images_encoded"],
+        )
+        yield CounterMetricFamily(
+            "llamapyz_image_cache_hits",
+            "Images of a prompt whose tokens a sequence already held (decoded no image).",
+            value=status["image_cache_hits"],
+        )

@@ -40,7 +40,8 @@ class Service:
         self._thread.start()
 
     def status(self) -> dict[str, Any]:
-        """Slots in use, requests waiting, requests cancelled so far (for /health)."""
+        """Slots in use, requests waiting, requests cancelled and images decoded or reused so
+        far (for /health and /metrics)."""
         s = getattr(self, "scheduler", None)
         return {
             "lost": self.lost or "",
@@ -48,6 +49,8 @@ class Service:
             "busy": s.busy if s else 0,
             "waiting": self._jobs.qsize(),
             "cancelled": s.cancelled if s else 0,
+            "images_encoded": s.images_encoded if s else 0,
+            "image_cache_hits": s.image_hits if s else 0,
         }
 
     def _on_fatal(self, message: str) -> bool:

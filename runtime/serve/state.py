@@ -25,6 +25,8 @@ class ServerState:
     reasoning_format: str = "deepseek"  # or "none": <think> stays in the content
     metrics: Any = None  # serve.metrics.Metrics
     cors_origins: tuple[str, ...] = ()  # --cors-origin: origins allowed besides local pages
+    vision: Any = None  # engine.vision.Vision, where the model has a projector
+    media: Any = None  # serve.media.Policy: where image URLs may point (None: data and base64)
 
 
 def model_id(alias: Optional[str], source: Any) -> str:

@@ -59,13 +59,27 @@ def details(model: Any) -> dict[str, Any]:
     }
 
 
-def capabilities(model: Any) -> list[str]:
+def capabilities(model: Any, vision: Any = None) -> list[str]:
     found = ["completion", "embedding", "tools"]  # tools: any template, described if need be
     if facts.fim(model) is not None:
         found.append("insert")
     if facts.has_token(model, "<think>"):
         found.append("thinking")
+    if vision is not None:
+        found.append("vision")
     return found
+
+
+def projector_info(vision: Any) -> dict[str, Any]:
+    """The projector's GGUF metadata (its header read, as model_info is the model's)."""
+    from runtime.file import gguf_check
+
+    source = vision.source
+    try:
+        header = gguf_check.check(source.path, source.offset, source.size, source.label)
+    except gguf_check.GGUFError:
+        return {}
+    return {k: v for k, v in header.meta.items() if k.startswith(("general.", "clip."))}
 
 
 def listing(model: Any, model_id: str) -> dict[str, Any]:
@@ -94,8 +108,11 @@ def running(model: Any, model_id: str) -> dict[str, Any]:
     }
 
 
-def show(model: Any, model_id: str, fmt: templates.ChatFormat, defaults: Any) -> dict[str, Any]:
-    """/api/show: details, the GGUF's metadata as model_info, template and parameters."""
+def show(
+    model: Any, model_id: str, fmt: templates.ChatFormat, defaults: Any, vision: Any = None
+) -> dict[str, Any]:
+    """/api/show: details, the GGUF's metadata as model_info (the projector's as
+    projector_info), template and parameters."""
     info = facts.metadata(model)
     info.pop("tokenizer.chat_template", None)  # it is `template`
     info["general.parameter_count"] = facts.n_params(model)
@@ -112,13 +129,16 @@ def show(model: Any, model_id: str, fmt: templates.ChatFormat, defaults: Any) ->
         )
     )
     license_text = model.source.license or str(info.get("general.license", ""))
-    return {
+    shown = {
         "modelfile": f"# served by llamapyz\nFROM {model.source.label}\n",
         "parameters": parameters,
         "template": template,
         "license": license_text,
         "details": details(model),
         "model_info": info,
-        "capabilities": capabilities(model),
+        "capabilities": capabilities(model, vision),
         "modified_at": modified_at(model),
     }
+    if vision is not None:
+        shown["projector_info"] = projector_info(vision)
+    return shown

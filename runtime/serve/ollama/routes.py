@@ -12,10 +12,11 @@ import time
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from runtime.chat import reasoning, templates, tools
 from runtime.engine import facts, grammar
-from runtime.serve import replies
+from runtime.serve import media, replies
 from runtime.serve.errors import APIError
 from runtime.serve.jobs import Job, sampling_asked
 from runtime.serve.ollama import facts as ollama_facts
@@ -73,24 +74,24 @@ def router(state: Any, authorize: Any) -> APIRouter:
     @api.post("/api/show")
     async def show(body: ShowRequest) -> dict[str, Any]:
         named(body.model or body.name, chat=True)
-        return ollama_facts.show(model, state.model_id, state.fmt, state.defaults)
+        return ollama_facts.show(model, state.model_id, state.fmt, state.defaults, state.vision)
 
     @api.post("/api/chat", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> Any:
         started = time.perf_counter()
         named(body.model, chat=True)
         think = _common(state, body)
-        for i, m in enumerate(body.messages):
-            if m.images:
-                raise _no_vision(f"messages[{i}].images")
         if not body.messages:
             return ollama_replies.loaded(name(), chat=True)
         defs = [t.model_dump(exclude_none=True) for t in body.tools or []]
+        seen: list[Any] = []
+        messages = await run_in_threadpool(messages_of, body.messages, state, seen)
         try:
-            text = templates.render(state.fmt, messages_of(body.messages), model, defs or None)
+            text = templates.render(state.fmt, messages, model, defs or None)
         except templates.TemplateError as exc:
             raise bad(str(exc), "messages") from None
-        job, window = _job(state, body, model.tokenize(text), state.fmt.stops)
+        tokens = await run_in_threadpool(media.tokens, state, text, seen, "messages")
+        job, window = _job(state, body, tokens, state.fmt.stops)
         reply = _reply(state, True, think, started, window)
         reply.tools = tools.names(defs)
         reply.opened = think and text.rstrip().endswith(reasoning.OPEN)
@@ -101,8 +102,6 @@ def router(state: Any, authorize: Any) -> APIRouter:
         started = time.perf_counter()
         named(body.model)
         think = _common(state, body)
-        if body.images:
-            raise _no_vision("images")
         if body.template:
             raise bad(
                 "template: a request's own (Go) template is not supported; "
@@ -111,7 +110,7 @@ def router(state: Any, authorize: Any) -> APIRouter:
             )
         if not body.prompt and not body.suffix and not body.context:
             return ollama_replies.loaded(name(), chat=False)
-        tokens = _generate_prompt(state, body)
+        tokens = await run_in_threadpool(_generate_prompt, state, body)
         stops: tuple[str, ...] = () if body.raw or body.suffix else state.fmt.stops
         job, window = _job(state, body, tokens, stops)
         reply = _reply(state, False, think, started, window)
@@ -153,13 +152,17 @@ def router(state: Any, authorize: Any) -> APIRouter:
     return api
 
 
-def messages_of(body: list[Message]) -> list[dict[str, Any]]:
+def messages_of(
+    body: list[Message], state: Any = None, seen: Optional[list[Any]] = None
+) -> list[dict[str, Any]]:
     """The conversation as the chat templates take it (the OpenAI routes' shape): a call's
-    arguments as JSON text, with an id that the tool results after it answer, in order."""
+    arguments as JSON text, with an id that the tool results after it answer, in order; a
+    message's images (into `seen`, checked) as the projector's markers before its text."""
     out = []
     waiting: list[str] = []  # ids of the calls not answered yet
     for i, m in enumerate(body):
-        entry: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+        marks = _images(state, m.images, f"messages[{i}].images", "messages", seen)
+        entry: dict[str, Any] = {"role": m.role, "content": marks + (m.content or "")}
         if m.tool_calls:
             entry["tool_calls"] = [
                 {
@@ -197,8 +200,17 @@ def _common(state: Any, body: GenerationRequest) -> bool:
     return True
 
 
-def _no_vision(where: str) -> APIError:
-    return bad(f"{where}: this model has no vision (no image encoder), so it cannot read images")
+def _images(
+    state: Any, given: Optional[list[str]], where: str, param: str, seen: Optional[list[Any]]
+) -> str:
+    """The markers of `given` (base64 images, Ollama's way), each checked into `seen`."""
+    if not given:
+        return ""
+    mark = media.marker(state, where, param)
+    assert seen is not None
+    for k, data in enumerate(given):
+        seen.append(media.image(state, data, f"{where}[{k}]", param))
+    return mark * len(given)
 
 
 def _check_options(options: Optional[Options]) -> None:
@@ -215,7 +227,10 @@ def _check_options(options: Optional[Options]) -> None:
 
 def _generate_prompt(state: Any, body: GenerateRequest) -> list[int]:
     model = state.model
-    prompt = body.prompt or ""
+    seen: list[Any] = []
+    prompt = _images(state, body.images, "images", "images", seen) + (body.prompt or "")
+    if seen and (body.suffix or body.context):
+        raise bad("images: they cannot go with suffix or context here", "images")
     if body.suffix:
         fim = facts.fim(model)
         if fim is None:
@@ -240,7 +255,7 @@ def _generate_prompt(state: Any, body: GenerateRequest) -> list[int]:
         except templates.TemplateError as exc:
             raise bad(str(exc), "prompt") from None
     if not body.context:
-        return list(model.tokenize(prompt))
+        return media.tokens(state, prompt, seen, "images" if seen else "prompt")
     if any(not 0 <= t < model.n_vocab for t in body.context):
         raise bad(f"context: token ids run from 0 to {model.n_vocab - 1}", "context")
     return [*body.context, *model.tokenize(prompt, add_special=False)]

@@ -15,9 +15,15 @@ from runtime.serve.tooldefs import Tool
 MAX_STOPS = 16
 
 
+class ImageURL(BaseModel):
+    url: str
+    detail: Optional[str] = None
+
+
 class ContentPart(BaseModel):
     type: str
     text: Optional[str] = None
+    image_url: Union[str, ImageURL, None] = None  # a data: URL, base64, file:// or http(s)
 
 
 class FunctionCall(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from runtime.serve import replies
 from runtime.serve.errors import APIError
@@ -43,14 +44,25 @@ class ResponsesRequest(BaseModel):
 
 
 def _message(role: str, content: Any) -> dict[str, Any]:
+    """A chat message: text parts, and `input_image` parts as chat image parts."""
     if isinstance(content, list):
-        text = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        kinds = {p.get("type") for p in content if isinstance(p, dict)}
-        if kinds - {"input_text", "output_text", "text"}:
+        parts = [p for p in content if isinstance(p, dict)]
+        kinds = {p.get("type") for p in parts}
+        if kinds - {"input_text", "output_text", "text", "input_image"}:
             raise APIError(
-                400, "input: only text content can be read by this model", "invalid_value", "input"
+                400,
+                "input: only text and input_image content can be read by this model",
+                "invalid_value",
+                "input",
             )
-        content = text
+        if "input_image" not in kinds:
+            return {"role": role, "content": "".join(str(p.get("text", "")) for p in parts)}
+        content = [
+            {"type": "input_image", "image_url": p.get("image_url") or ""}
+            if p.get("type") == "input_image"
+            else {"type": "text", "text": str(p.get("text", ""))}
+            for p in parts
+        ]
     return {"role": role, "content": content}
 
 
@@ -143,7 +155,7 @@ def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
     @api.post("/v1/responses", response_model=None)
     async def create(body: ResponsesRequest, request: Request) -> Any:
         chat = to_chat(body)
-        reading, jobs = chat_jobs(state, chat)
+        reading, jobs = await run_in_threadpool(chat_jobs, state, chat)
         observe = state.metrics.observe if state.metrics else None
         shell = Shell(state.model_id, body)
         if body.stream:

@@ -12,11 +12,12 @@ from dataclasses import replace
 from typing import Any, Callable, Optional, Union
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from runtime.chat import templates, tools
 from runtime.engine import grammar
 from runtime.engine.logprobs import MAX_TOP
-from runtime.serve import choices, replies
+from runtime.serve import choices, media, replies
 from runtime.serve.errors import APIError
 from runtime.serve.jobs import Job, sampling_asked
 from runtime.serve.openai.models import (
@@ -27,8 +28,11 @@ from runtime.serve.openai.models import (
     ContentPart,
     EmbeddingRequest,
     GenerationFields,
+    ImageURL,
 )
 from runtime.serve.state import ServerState
+
+IMAGE_PARTS = ("image_url", "input_image")
 
 
 def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
@@ -60,7 +64,8 @@ def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        reading, jobs = chat_jobs(state, body)
+        # Off the event loop: images are fetched, decoded and tokenized on the way.
+        reading, jobs = await run_in_threadpool(chat_jobs, state, body)
         return await answer(body, reading, jobs, request)
 
     @api.post("/v1/completions", response_model=None)
@@ -107,11 +112,15 @@ def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
     return api
 
 
-def messages_of(body: list[ChatMessage]) -> list[dict[str, Any]]:
-    """The conversation as the chat templates take it."""
+def messages_of(
+    body: list[ChatMessage], state: Optional[ServerState] = None, seen: Optional[list[Any]] = None
+) -> list[dict[str, Any]]:
+    """The conversation as the chat templates take it; with `seen`, its images go there
+    (checked, in order) and the projector's marker where each stood."""
     out = []
-    for m in body:
-        entry: dict[str, Any] = {"role": _role(m.role), "content": _text(m.content)}
+    for i, m in enumerate(body):
+        content = _text(m.content, i, state, seen)
+        entry: dict[str, Any] = {"role": _role(m.role), "content": content}
         if m.tool_calls:
             entry["tool_calls"] = [c.model_dump() for c in m.tool_calls]
         if m.tool_call_id:
@@ -155,8 +164,10 @@ def chat_jobs(state: ServerState, body: ChatRequest) -> tuple[choices.Reading, l
         except grammar.GrammarError as exc:
             raise APIError(400, f"tools: {exc}", "invalid_value", "tools") from None
     offered = defs if choice != "none" else None
+    seen: list[Any] = []
+    messages = messages_of(body.messages, state, seen)
     try:
-        prompt_text = templates.render(state.fmt, messages_of(body.messages), state.model, offered)
+        prompt_text = templates.render(state.fmt, messages, state.model, offered)
     except templates.TemplateError as exc:
         raise APIError(400, str(exc), "invalid_messages", "messages") from None
     if body.top_logprobs is not None and not body.logprobs:
@@ -173,7 +184,7 @@ def chat_jobs(state: ServerState, body: ChatRequest) -> tuple[choices.Reading, l
         parallel=body.parallel_tool_calls is not False,
     )
     limit = body.max_completion_tokens or body.max_tokens or state.n_predict
-    jobs = make_jobs(state, body, prompt_text, limit, state.fmt.stops, reading, forced)
+    jobs = make_jobs(state, body, prompt_text, limit, state.fmt.stops, reading, forced, seen)
     return reading, jobs
 
 
@@ -181,20 +192,35 @@ def _role(role: str) -> str:
     return "system" if role == "developer" else role
 
 
-def _text(content: Union[str, list[ContentPart], None]) -> str:
+def _text(
+    content: Union[str, list[ContentPart], None],
+    i: int,
+    state: Optional[ServerState],
+    seen: Optional[list[Any]],
+) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    for part in content:
-        if part.type not in ("text", "input_text", "output_text"):
+    text = []
+    for j, part in enumerate(content):
+        if part.type in ("text", "input_text", "output_text"):
+            text.append(part.text or "")
+            continue
+        if part.type not in IMAGE_PARTS or state is None or seen is None:
             raise APIError(
                 400,
                 f"messages: a content part of type {part.type!r} cannot be read by this model",
                 "invalid_value",
                 "messages",
             )
-    return "".join(part.text or "" for part in content)
+        where = f"messages[{i}].content[{j}]"
+        text.append(media.marker(state, where, "messages"))
+        url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+        if not url:
+            raise APIError(400, f"{where}: give its image_url", "invalid_value", "messages")
+        seen.append(media.image(state, url, where, "messages"))
+    return "".join(text)
 
 
 def _biases(state: ServerState, bias: Optional[dict[str, float]]) -> tuple[tuple[int, float], ...]:
@@ -227,10 +253,12 @@ def make_jobs(
     stops: tuple[str, ...],
     reading: choices.Reading,
     forced: Optional[str] = None,
+    seen: Optional[list[Any]] = None,
 ) -> list[Job]:
-    """One job per choice (`n`), each with the request's sampling and its own seed."""
+    """One job per choice (`n`), each with the request's sampling and its own seed; the
+    prompt's images (`seen`) where its markers are."""
     param = "messages" if isinstance(body, ChatRequest) else "prompt"
-    tokens = state.model.tokenize(prompt_text)
+    tokens = media.tokens(state, prompt_text, seen or [], param)
     if not tokens:
         raise APIError(400, f"{param}: the prompt is empty", "invalid_value", param)
     if len(tokens) >= state.model.n_ctx:
