@@ -4,7 +4,9 @@ default (no speculation) and against llama-server's own n-gram modes, workload b
 Every server runs side by side for the whole measurement (an idle one takes no CPU). Each
 repetition sends every workload a fresh prompt (benchmarks/workloads.py) to every server in
 turn, the order alternating, /v1/completions, N_TOKENS at most, temperature 0 unless a row says
-otherwise; a rate is the tokens generated over the request's wall time, as a client sees it.
+otherwise; a rate is the tokens generated over the generation's time (the reply's
+`timings.predicted_ms`, llama-server's field, which both report: a short answer's wall time is
+mostly reading its prompt, the same on both sides); four clients at once count wall time.
 Beside the table: the verify cost curve T(k)/T(1) (llama-bench, the same model and variant),
 which bounds what a draft can win, and per workload the copy ratio (the share of the answer's
 4-grams that the prompt held), the acceptance rate and the mean accepted length.
@@ -55,9 +57,14 @@ class Reply:
     drafted: int
     accepted: int
     steps: int
+    generation_ms: float  # the reply's timings.predicted_ms (both servers report it)
 
     @property
     def rate(self) -> float:
+        """Generated tokens per second of generation (the prompt's reading apart: a short
+        answer's wall time is mostly its prompt, the same on both sides)."""
+        if self.generation_ms > 0:
+            return 1000.0 * self.tokens / self.generation_ms
         return self.tokens / self.wall
 
 
@@ -100,6 +107,7 @@ def ask(server: Server, prompt: str, temp: float = 0.0, seed: Optional[int] = No
         int(timings.get("draft_n", 0)),
         int(timings.get("draft_n_accepted", 0)),
         int(timings.get("draft_steps", 0)),
+        float(timings.get("predicted_ms", 0.0)),
     )
 
 

@@ -41,3 +41,6 @@ SPEC_STEP_COST = 3.0
 SPEC_RATE_WEIGHT = 0.3  # how fast the kept share follows the latest draft
 SPEC_RATE_RECOVERY = 0.05  # how fast a sequence that stopped drafting grows hopeful again
 SPEC_DRAFT_MODEL_START = 4  # a draft model's first draft length (it adapts as n-gram's do)
+SPEC_BUSY_TOKENS = 4  # with several requests generating, their rows hold this many tokens at
+# most, drafts included: llama-bench here, T(k)/T(1) for k = 1, 2, 3, 4, 6, 8, 16 tokens read
+# 1.00, 1.21, 1.24, 1.52, 2.49, 2.85, 6.23 (a token past the fourth costs ~0.4 of a step)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from runtime.chat.stops import StopFilter
-from runtime.engine import logprobs, vision
+from runtime.engine import logprobs, settings, vision
 from runtime.engine.model import EngineError
 from runtime.engine.speculate import Drafter
 from runtime.serve.jobs import Job
@@ -174,11 +174,18 @@ class Scheduler:
         rows: list[Row] = []
         room = self.capacity
         generating = [s for s in self.slots if s.job is not None and s.last is not None]
+        g = len(generating)
+        # Alone, a slot drafts as long as it likes; beside others, the drafts of all fill
+        # the generating rows up to settings.SPEC_BUSY_TOKENS at most, where a CPU's batch
+        # is still cheap per token (past it, a token costs almost a step of its own).
+        spare = room if g <= 1 else max(0, settings.SPEC_BUSY_TOKENS - g)
         for slot in generating:
             if not room:
                 break
             assert slot.last is not None
-            tokens = [slot.last, *self._draft(slot, len(generating), room - 1)]
+            draft = self._draft(slot, g, min(room - 1, spare)) if spare > 0 else []
+            spare -= len(draft)
+            tokens = [slot.last, *draft]
             rows.append(Row(slot, tokens, True, len(tokens)))
             room -= len(tokens)
         for slot in self.slots:
