@@ -102,6 +102,11 @@ class Reply:
     context: Optional[Any] = None  # engine.Model, for /api/generate's `context` tokens
     tools: list[str] = field(default_factory=list)  # tool names to look for; none: no calls
     opened: bool = False  # the prompt itself opened <think>
+    observe: Optional[replies.Observer] = None  # /metrics counts each finished job
+
+    def finished(self, job: Job, done: dict[str, Any]) -> None:
+        if self.observe is not None:
+            self.observe(job, done, time.perf_counter() - self.started)
 
     def fields(
         self, content: str, thinking: str, calls: Optional[list[Any]] = None
@@ -152,6 +157,7 @@ async def answer(service: Service, reply: Reply, job: Job, request: Request, str
     done, as Ollama sends them."""
     if not stream:
         text, done = await replies.collect(service, job, request)
+        reply.finished(job, done)
         thinking, content, calls = whole(text, reply.think, reply.opened, reply.tools)
         last = reply.line(content, thinking, True, calls)
         body = {**last, **reply.final(job, done, text, bool(calls))}
@@ -173,6 +179,7 @@ async def answer(service: Service, reply: Reply, job: Job, request: Request, str
                     yield _ndjson({"error": str(value)})
                     break
                 elif kind == "done":
+                    reply.finished(job, value)
                     thinking, content, calls = reader.finish()
                     if calls:
                         yield _ndjson(reply.line(content, thinking, False, calls))

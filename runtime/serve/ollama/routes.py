@@ -324,6 +324,7 @@ def _reply(state: Any, chat: bool, think: bool, started: float, window: int) -> 
         think=think,
         started=started,
         headers={CONTEXT_HEADER: str(window)},
+        observe=state.metrics.observe if state.metrics else None,
     )
 
 
