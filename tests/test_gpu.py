@@ -120,6 +120,23 @@ def test_the_server_answers_on_the_gpu(smollm2_pyz: Path) -> None:
         srv.stop()
 
 
+def test_speculation_on_lavapipe_gives_the_same_text(smollm2_pyz: Path) -> None:
+    """Drafts verified in Vulkan batches: the text of --spec-type none at temperature 0."""
+    import re
+
+    from tests.test_speculate import CODE
+
+    args = ("-p", CODE, "-n", "16", "--temp", "0", "-ngl", "99", "--verbose")
+    on = run_pyz(smollm2_pyz, *args)
+    off = run_pyz(smollm2_pyz, *args, "--spec-type", "none")
+    assert on.returncode == off.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
+    assert "offloaded 31/31 layers to Vulkan0 (llvmpipe" in on.stderr
+    assert on.stdout == off.stdout and "count" in on.stdout
+    drafted = re.search(r"speculation \(ngram\): drafted (\d+) tokens, accepted (\d+)", on.stderr)
+    assert drafted and int(drafted[2]) > 0, on.stderr[-2000:]
+    assert "speculation (" not in off.stderr
+
+
 def write_big_gguf(path: Path, n_layer: int = 28, n_embd: int = 2048, n_ff: int = 5632) -> Path:
     """A llama GGUF of about 3 GB (F16, all zeros): its tensor data is a hole in a sparse
     file, so it is written in a moment."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,6 +97,36 @@ def test_smollm2_split_and_served(smollm2_pyz: Path, workers: list[Worker]) -> N
             model=model, prompt="The capital of France is", temperature=0, max_tokens=16
         )
         assert out.choices[0].text == local.stdout
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_speculation_through_workers_gives_the_same_text(
+    smollm2_pyz: Path, workers: list[Worker]
+) -> None:
+    """Drafts verified on the workers (the verify batch and the rollback of its rejected
+    positions go over RPC): the text of --spec-type none, one-shot and served."""
+    import openai
+    from conftest import Server
+    from test_speculate import CODE
+
+    args = ("-p", CODE, "-n", "24", "--temp", "0", "--rpc", rpc_list(workers), "--verbose")
+    on = run_pyz(smollm2_pyz, *args)
+    off = run_pyz(smollm2_pyz, *args, "--spec-type", "none")
+    assert on.returncode == off.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
+    assert f"using device RPC1 (127.0.0.1:{workers[1].port})" in on.stderr
+    assert on.stdout == off.stdout and "count" in on.stdout
+    drafted = re.search(r"speculation \(ngram\): drafted (\d+) tokens, accepted (\d+)", on.stderr)
+    assert drafted and int(drafted[2]) > 0, on.stderr[-2000:]
+    assert "speculation (" not in off.stderr
+    srv = Server(smollm2_pyz, "--rpc", rpc_list(workers), "-np", "1", "--temp", "0")
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        out = client.completions.create(model="m", prompt=CODE, temperature=0, max_tokens=24)
+        assert out.choices[0].text == off.stdout
+        timings = (out.model_extra or {})["timings"]
+        assert timings["draft_n_accepted"] > 0, timings
     finally:
         srv.stop()
 

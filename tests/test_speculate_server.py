@@ -12,8 +12,8 @@ from typing import Any, Optional
 import openai
 import pytest
 import requests
-from conftest import Server
-from test_speculate import CODE, QUOTE, RandomDrafter, same
+from conftest import WEATHER, Server
+from test_speculate import CODE, QUOTE, RandomDrafter, Run, same, same_text
 
 from runtime.engine import grammar, speculate
 from runtime.engine import model as engine
@@ -100,12 +100,20 @@ def run(
     return ran
 
 
+def emitted(ran: Ran) -> list[Run]:
+    """Each job's prompt, token ids and text (its ids are read from its log-probs)."""
+    return [
+        Run(job.prompt, [t for t, _, _ in job.token_logprobs], text)
+        for job, text in zip(ran.jobs, ran.texts)
+    ]
+
+
 def test_concurrent_greedy_requests_give_the_same_text(llm: Any) -> None:
     prompts = [CODE, QUOTE, FREE]
-    plain = run(llm, prompts, None)
-    spec = run(llm, prompts, ngram)
-    for a, b in zip(spec.texts, plain.texts):
-        same(a, b)
+    plain = run(llm, prompts, None, logprobs=0)
+    spec = run(llm, prompts, ngram, logprobs=0)
+    for a, b in zip(emitted(spec), emitted(plain)):
+        same(llm, a, b)
     timings = [d["timings"] for d in spec.dones]
     tokens = [d["completion_tokens"] for d in spec.dones]
     assert tokens == [d["completion_tokens"] for d in plain.dones]
@@ -120,10 +128,10 @@ def test_random_drafts_change_nothing(llm: Any) -> None:
         drafters.append(RandomDrafter(llm.n_vocab))
         return drafters[-1]
 
-    plain = run(llm, [QUOTE, CODE], None, n=40)
-    spec = run(llm, [QUOTE, CODE], new, n=40)
-    for a, b in zip(spec.texts, plain.texts):
-        same(a, b)
+    plain = run(llm, [QUOTE, CODE], None, n=40, logprobs=0)
+    spec = run(llm, [QUOTE, CODE], new, n=40, logprobs=0)
+    for a, b in zip(emitted(spec), emitted(plain)):
+        same(llm, a, b)
     assert all(d.kept for d in drafters)
 
 
@@ -132,7 +140,7 @@ def test_seeded_sampling_is_the_same_with_and_without(llm: Any, prompt: str) -> 
     # One request at a time: beside others, a sampled text depends on what shares its
     # batches (their kernels round a little differently), with or without speculation.
     args: dict[str, Any] = {"temp": 0.8, "seed": 1234}
-    same(
+    same_text(
         run(llm, [prompt], ngram, n=60, **args).texts[0],
         run(llm, [prompt], None, n=60, **args).texts[0],
     )
@@ -207,7 +215,7 @@ def test_server_replies_are_the_same_and_say_their_drafts(
 ) -> None:
     on, off = servers
     a, b = chat(on), chat(off)
-    same(a.choices[0].message.content, b.choices[0].message.content)
+    same_text(a.choices[0].message.content, b.choices[0].message.content)
     timings = a.model_extra["timings"]
     assert timings["draft_n"] > 0 and timings["draft_n_accepted"] > 0, timings
     assert timings["predicted_n"] == a.usage.completion_tokens
@@ -231,4 +239,64 @@ def test_ollama_routes_speculate_too(servers: tuple[Server, Server]) -> None:
     body["options"] = {"num_predict": 40, "temperature": 0}
     replies = [requests.post(f"{s.url}/api/generate", json=body, timeout=120) for s in servers]
     assert [r.status_code for r in replies] == [200, 200]
-    same(replies[0].json()["response"], replies[1].json()["response"])
+    same_text(replies[0].json()["response"], replies[1].json()["response"])
+
+
+def counted(srv: Server, name: str = "llamapyz_draft_tokens_total") -> float:
+    """A counter of the server's /metrics (by default: draft tokens verified so far)."""
+    metrics = requests.get(f"{srv.url}/metrics", timeout=10).text
+    [line] = [ln for ln in metrics.splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[-1])
+
+
+@pytest.fixture(scope="module")
+def twins(smollm2_pyz: Path) -> Iterator[tuple[Server, Server]]:
+    """Speculation on and off, one slot each, sent the same requests in the same order: their
+    caches hold the same prefixes computed in the same batch shapes. (A prompt decoded in one
+    batch rather than token by token moved a near tie of SmolLM2's by 0.37 logits, enough to
+    change a reply; `servers` has had other requests on one side.)"""
+    args = ("-c", "2048", "--parallel", "1", "--temp", "0")
+    on = Server(smollm2_pyz, *args)
+    off = Server(smollm2_pyz, *args, "--spec-type", "none")
+    yield on, off
+    for srv in (on, off):
+        print("SERVER STDERR:", srv.stop()[-2000:])
+
+
+def test_tool_calls_are_the_same_with_and_without(twins: tuple[Server, Server]) -> None:
+    ask: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+    calls, streamed, gains = [], [], []
+    for srv in twins:
+        before = counted(srv)
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none")
+        args: Any = {"model": "m", "messages": ask, "tools": [WEATHER], "tool_choice": "required"}
+        out = client.chat.completions.create(**args, max_tokens=60, temperature=0)
+        assert out.choices[0].finish_reason == "tool_calls", out
+        [call] = out.choices[0].message.tool_calls or []
+        calls.append((call.function.name, json.loads(call.function.arguments)))  # type: ignore[union-attr]
+        pieces = []
+        for chunk in client.chat.completions.create(
+            **args, max_tokens=60, temperature=0, stream=True
+        ):
+            for c in chunk.choices:
+                pieces += [
+                    d.function.arguments or "" for d in c.delta.tool_calls or [] if d.function
+                ]
+        streamed.append(json.loads("".join(pieces)))
+        gains.append(counted(srv) - before)
+    assert calls[0] == calls[1] and calls[0][0] == "get_weather", calls
+    assert streamed == [calls[0][1], calls[1][1]]
+    # The call's JSON copies the tool's schema from the prompt: drafts were verified.
+    assert gains[0] > 0 and gains[1] == 0, gains
+
+
+def test_ollama_chat_is_the_same_with_and_without(twins: tuple[Server, Server]) -> None:
+    on, off = twins
+    before = [counted(on), counted(off, "llamapyz_requests_total")]
+    body: dict[str, Any] = {"model": "any", "messages": [{"role": "user", "content": CODE}]}
+    body |= {"stream": False, "options": {"num_predict": 40, "temperature": 0}}
+    replies = [requests.post(f"{s.url}/api/chat", json=body, timeout=120).json() for s in twins]
+    same_text(replies[0]["message"]["content"], replies[1]["message"]["content"])
+    assert replies[0]["eval_count"] == replies[1]["eval_count"] > 0
+    # The Ollama route drafted, and /metrics counts its requests as it counts OpenAI's.
+    assert counted(on) > before[0] and counted(off, "llamapyz_requests_total") == before[1] + 1
