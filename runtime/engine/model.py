@@ -81,6 +81,7 @@ class Model:
         self._model: Any = None
         self._ctx: Any = None
         self._embed_ctx: Any = None
+        self.draft: Any = None  # engine.draft.DraftModel that drafts for this model, closed with it
         self.source = source
 
         params = C.llama_model_default_params()
@@ -152,7 +153,6 @@ class Model:
         self._n_threads = n_threads
         self.speculation: Any = None  # engine.speculate.Speculation: generate() drafts with it
         self.gpu_devices: list[Any] = []  # where its layers went: the vision projector goes too
-        self.draft: Any = None  # engine.draft.DraftModel that drafts for this model, closed with it
 
     def meta(self, key: str) -> Optional[str]:
         """A GGUF metadata value as text, or None."""
