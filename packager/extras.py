@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from packager.errors import PackError
+from runtime.engine.draft import VOCAB_CHECK_START, VOCAB_MAX_DIFFERENCE  # llama.cpp's rule
 from runtime.file import gguf_check
 
-# llama.cpp's own rule for a draft (common/speculative.cpp, common_speculative_are_compatible)
-VOCAB_MAX_DIFFERENCE = 128  # SPEC_VOCAB_MAX_SIZE_DIFFERENCE
-VOCAB_CHECK_START = 5  # SPEC_VOCAB_CHECK_START_TOKEN_ID
 TOKENS = "tokenizer.ggml.tokens"
 # Where a projector's output width is read (tools/mtmd/clip.cpp, clip_n_mmproj_embd): the tensor
 # and the dimension mtmd reads it from, by clip.projector_type. `clip.vision.projection_dim` is
