@@ -101,12 +101,9 @@ def open_draft(opts: Options, source: Any, llm: Any, rpc_offload: Any, choice: A
     model = engine.Model(
         found,
         n_ctx=llm.n_ctx,
-        n_batch=settings.N_BATCH,
-        n_threads=opts.threads or settings.default_threads(),
-        use_mmap=not opts.no_mmap,
-        n_seq_max=opts.parallel if opts.server else 1,
         offload=plan.offload if plan else None,
         flash_attn=gpu.flash_attn(opts.flash_attn, backends),
+        **_loading(opts),
     )
     why = draft.vocab_mismatch(llm, model)
     if why:
@@ -348,6 +345,16 @@ def gpu_plan(opts: Options, source: Any, choice: Any) -> Any:
     )
 
 
+def _loading(opts: Options) -> dict[str, Any]:
+    """What the model and its draft model are both loaded with."""
+    return {
+        "n_batch": settings.N_BATCH,
+        "n_threads": opts.threads or settings.default_threads(),
+        "use_mmap": not opts.no_mmap,
+        "n_seq_max": opts.parallel if opts.server else 1,
+    }
+
+
 def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any:
     """The model, loaded with its layers on the GPU (fewer, and said so, if they do not fit)
     or split over RPC workers; one line on stderr says where it runs."""
@@ -363,13 +370,10 @@ def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any
             llm = engine.Model(
                 source,
                 n_ctx=opts.ctx_size,
-                n_batch=settings.N_BATCH,
-                n_threads=opts.threads or settings.default_threads(),
-                use_mmap=not opts.no_mmap,
                 use_mlock=opts.mlock,
-                n_seq_max=opts.parallel if opts.server else 1,
                 offload=rpc_offload if plan is None else plan.offload,
                 flash_attn=flash_attn,
+                **_loading(opts),
             )
             break
         except engine.EngineError:
