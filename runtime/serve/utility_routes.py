@@ -83,6 +83,7 @@ def router(state: ServerState, authorize: Callable[..., None]) -> APIRouter:
                 "seed": d.seed,
                 "stop": list(state.stops),
             },
+            "modalities": {"vision": state.vision is not None, "audio": False},  # as llama-server
             "bos_token": model.special_token("bos"),
             "eos_token": model.special_token("eos"),
         }
