@@ -361,7 +361,10 @@ def main(**kw: Any) -> None:
             else:
                 modes.complete(llm, text, opts, grammar_text, vision, pictures)
                 if opts.verbose and llm.speculation is not None:
-                    click.echo(llm.speculation.summary(), err=True)
+                    said = llm.speculation.summary()
+                    if pictures:
+                        said = "speculation: none (a prompt with images does not speculate)"
+                    click.echo(said, err=True)
     except (
         weights.WeightsError,
         engine.EngineError,

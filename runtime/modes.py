@@ -210,7 +210,7 @@ def serve(
             fmt=fmt,
             model_id=served.model_id(opts.alias, source),
             reasoning_format=opts.reasoning_format,
-            metrics=metrics.Metrics(work),
+            metrics=metrics.Metrics(work, seen),
             defaults=opts.sampling(grammar_text),
             n_predict=opts.n_predict,
             stops=opts.stop,

@@ -87,6 +87,10 @@ def test_the_projector_loads_from_inside_the_file_and_its_tokens_count(
     assert found is not None, seen.stderr
     # a 32 px image in 8 px patches: 16 tokens, before the text (mtmd-cli's place for it)
     assert found.groups() == (str(n_text + 16), "16", "1")
+    assert "speculation (ngram): drafted " in plain.stderr
+    # an image prompt does not speculate, and says so rather than "drafted 0 tokens"
+    assert "speculation: none (a prompt with images does not speculate)" in seen.stderr
+    assert "drafted" not in seen.stderr
     # mtmd read the projector from a memfd holding the bytes inside the .pyz: nothing on disk
     assert re.search(r"loaded 41 tensors from /proc/self/fd/\d+", seen.stderr), seen.stderr
     size = projector.stat().st_size
@@ -216,7 +220,26 @@ def test_chat_attaches_images_and_decodes_each_once(vision_pyz: Path, pictures: 
     assert f"Error: {pictures / 'nope.png'} does not exist" in result.stderr
     assert f"Error: {cut} could not be decoded as PNG" in result.stderr  # at once, not later
     # the second turn resends a.png: its positions are reused, only b.png is encoded
-    assert result.stderr.count("encoding image slice") == 2
+    assert result.stderr.count("image: 16 tokens, encoded in ") == 2
+
+
+def test_the_marker_typed_is_plain_text_or_one_line_and_the_chat_goes_on(
+    vision_pyz: Path, pictures: Path
+) -> None:
+    typed = f"what is <__media__>?\n/image {pictures / 'a.png'}\nsay <__media__>\nhello\n/exit\n"
+    result = run_pyz(vision_pyz, "--chat", *FLAGS, "--verbose", input=typed)
+    assert result.returncode == 0, result.stderr
+    refused = (
+        "Error: <__media__> stands for an image here: attach images with /image PATH "
+        "(the message was not sent)"
+    )
+    assert result.stderr.count(refused) == 2
+    # the projector loads with the model, as mtmd-cli's and Ollama's: /image waits for none
+    assert result.stderr.index("vision projector: ") < result.stderr.index("(attached ")
+    assert result.stderr.count("image: 16 tokens, encoded in ") == 1  # "hello" took the image
+    assert result.stdout.strip()
+    # -p without --image reads it as text (no projector is loaded for it)
+    assert text_of(see(vision_pyz, "-p", "what is <__media__>?")).strip()
 
 
 def test_chat_image_without_a_projector_says_so_and_goes_on(tiny_pyz: Path, pictures: Path) -> None:
@@ -319,9 +342,15 @@ def test_the_scheduler_seam_decodes_an_image_into_any_sequence(
                 vision._decode_text(llm, list(prompt)[at : at + n], prompt.pos_at(at), 1)
             at += n
         assert max(abs(a - b) for a, b in zip(first, logits())) < 1e-4
+        # sequence 1 took the image's kept embeddings: encoded once, decoded twice, alike
+        assert (seen.embeddings.encoded, seen.embeddings.reused, len(seen.embeddings)) == (1, 1, 1)
+        seen.embeddings.capacity = seen.embeddings.bytes  # room for one image's embeddings
         other = vision.one_shot(seen, "hello", vision.read_images((str(pictures / "b.png"),)))
         vision.prefill(llm, other, held, 0)
         assert max(abs(a - b) for a, b in zip(first, logits())) > 1e-3  # another image
+        vision.prefill(llm, prompt, [], 0)  # b.png's pushed a.png's out: encoded again
+        assert max(abs(a - b) for a, b in zip(first, logits())) < 1e-4
+        assert (seen.embeddings.encoded, seen.embeddings.reused, len(seen.embeddings)) == (3, 1, 1)
 
 
 def test_smollm2_sees_through_a_576_wide_projector_inside_its_chat_template(
@@ -335,7 +364,7 @@ def test_smollm2_sees_through_a_576_wide_projector_inside_its_chat_template(
     result = run_pyz(smollm2_pyz, *args, input=typed)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "chat template: the model's own" in result.stderr
-    assert result.stderr.count("encoding image slice") == 1
+    assert result.stderr.count("image: 16 tokens, encoded in ") == 1
     assert "<|im_start|>user\n" in result.stderr  # mtmd's log of the text around the image
     assert result.stdout.strip()
     narrow = write_tiny_projector(tmp_path / "p64.gguf", width=64)

@@ -11,6 +11,7 @@ from typing import Any, Optional, TextIO
 from runtime.chat import templates
 from runtime.chat.stops import StopFilter
 from runtime.engine.backend import EngineError
+from runtime.engine.vision import VisionError
 
 HELP = """commands:
   /reset    forget the conversation (the system prompt stays)
@@ -89,7 +90,14 @@ class Conversation:
         return f"(attached {path}: it goes with your next message)"
 
     def reply(self, user_text: str) -> Iterator[str]:
-        """Add the user's message and stream the model's reply; the reply joins the history."""
+        """Add the user's message and stream the model's reply; the reply joins the history.
+        Text holding mtmd's marker is refused where the model sees images (it would stand
+        for an image that is not there)."""
+        if self.vision is not None and self.vision.marker in user_text:
+            raise VisionError(
+                f"{self.vision.marker} stands for an image here: attach images with /image "
+                "PATH (the message was not sent)"
+            )
         message: templates.Message = {"role": "user", "content": user_text}
         if self.attached:  # mtmd's marker before the text, one per image, as mtmd-cli does
             message["content"] = self.vision.marker * len(self.attached) + user_text
@@ -207,6 +215,8 @@ def run(
             out.write("\n")
             out.flush()
             err.write("(stopped)\n")
+        except VisionError as exc:  # one line says why, the chat goes on
+            err.write(f"Error: {exc}\n")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ppm", ".pgm", ".pnm")

@@ -153,6 +153,14 @@ def fatal(message: str) -> None:
     os._exit(1)
 
 
+def log(line: str) -> None:
+    """A line of our own in llama.cpp's log (on stderr with --verbose)."""
+    _log_lines.append(line + "\n")
+    if _log_verbose:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
 def forget_log() -> None:
     """Start the short memory afresh, so that an error is read from this load's log only."""
     _log_lines.clear()

@@ -32,6 +32,9 @@ SPEC_MISSES_BEFORE_PAUSE = 3  # drafts in a row kept not at all, then drafting p
 SPEC_PAUSE = 8  # steps of that pause (times the pauses so far)
 IMAGE_MAX_BYTES = 20_000_000  # an image file (checked before decoding)
 IMAGE_MAX_PIXELS = 50_000_000  # width x height, read from the header before decoding
+# Recent images' embeddings kept in memory (engine/embeddings.py): llava-1.5's 576 x 4096
+# floats are 9.4 MB an image, gemma3's 256 x 2560 are 2.6 MB.
+IMAGE_EMBED_CACHE_BYTES = 128 << 20
 MEDIA_FETCH_SECONDS = 10.0  # the server's fetch of an http(s) image (--allow-remote-media)
 # While g sequences generate in one batch, a drafted token costs about 1 / (g + STEP_COST)
 # of the step it rides on (a one-token step costs STEP_COST + 1 batch tokens: llama-bench's

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from runtime.engine import backend
+from runtime.engine import backend, settings
 from runtime.engine.backend import EngineError, bindings, forget_log, last_log_error, lib_dir
+from runtime.engine.embeddings import Embeddings
 from runtime.engine.images import Checked
 from runtime.sources.source import ModelSource
 
@@ -124,7 +125,9 @@ class Vision:
             self.close()
             raise VisionError(f"{source.label} is a projector for audio, not for images")
         self.marker: str = M.mtmd_default_marker().decode()
+        self.embeddings = Embeddings(settings.IMAGE_EMBED_CACHE_BYTES)
         self.on_gpu = device is not None
+        backend.log(f"vision projector: {source.label}, on the {'GPU' if self.on_gpu else 'CPU'}")
 
     def prompt(self, text: str, images: list[Image], fits: bool = True) -> Prompt:
         """`text` (with one marker per image, where it goes) and `images`, tokenized; refused
@@ -281,20 +284,23 @@ def prefill(llm: Any, prompt: Prompt, cached: list[int], seq: int) -> list[int]:
 
 
 def decode_image(llm: Any, prompt: Prompt, index: int, seq: int) -> int:
-    """Encode the image whose tokens start at `index` of `prompt` and decode it into sequence
-    `seq` at its positions, out of band (its own batches; non-causal attention where the model
-    wants it); the number of its tokens, 0 where no image starts there. The seam for the
+    """Encode the image whose tokens start at `index` of `prompt` (or take its kept
+    embeddings: engine/embeddings.py) and decode it into sequence `seq` at its positions, out
+    of band (its own batches; non-causal attention where the model wants it); the number of
+    its tokens, 0 where no image starts there. The seam for the
     server's scheduler: a slot whose pending tokens begin with an image calls it, then goes on
     with `prompt.text_until` tokens in the shared batch, at `prompt.pos_at` positions."""
     span = prompt.image_at(index)
     if span is None:
         return 0
-    C, M = bindings(), prompt.vision._M
+    C, M, seen = bindings(), prompt.vision._M, prompt.vision
+    embd = seen.embeddings.of(M, seen._ctx, span.chunk, C.llama_model_n_embd_inp(llm._model))
+    if embd is None:
+        raise VisionError("the vision projector failed to encode an image")
     new_pos = C.llama_pos(0)
-    last = span.start + span.n_tokens == len(prompt)
-    rc = M.mtmd_helper_eval_chunk_single(
-        prompt.vision._ctx, llm._ctx, span.chunk, span.pos, seq, llm.n_batch, last,
-        ctypes.byref(new_pos),
+    rc = M.mtmd_helper_decode_image_chunk(
+        seen._ctx, llm._ctx, span.chunk, embd, span.pos, seq, llm.n_batch, ctypes.byref(new_pos),
+        M.mtmd_helper_post_decode_callback(), None,
     )  # fmt: skip
     if rc != 0:
         raise VisionError(f"llama.cpp failed to decode an image (code {rc})")

@@ -13,7 +13,8 @@ A prompt with images (engine/vision.py's `Prompt`: an image's tokens are stand-i
 its hash) is read a text run at a time in the shared batch, at the prompt's positions; a slot
 whose pending tokens begin with an image decodes it out of band (`vision.decode_image`, its
 own batches), one image per step, so the other slots keep generating between images. Prefix
-reuse keeps whole images only (`Prompt.keep`): a chat that resends an image decodes it once.
+reuse keeps whole images only (`Prompt.keep`): a chat that resends an image decodes it once;
+an image another slot saw recently skips the encoder (engine/embeddings.py).
 Such a slot does not speculate (its drafter would propose the stand-ins).
 """
 
@@ -76,7 +77,6 @@ class Scheduler:
         self.capacity = max(model.n_batch, slots)
         self.batch = self.C.llama_batch_init(self.capacity, 0, 1)
         self.cancelled = 0  # requests stopped because their client went away
-        self.images_encoded = 0  # images decoded into a sequence
         self.image_hits = 0  # images a prompt had whose tokens a sequence already held
 
     @property
@@ -249,7 +249,6 @@ class Scheduler:
                 return
             if not n:
                 continue
-            self.images_encoded += 1
             slot.cached += slot.pending[:n]
             del slot.pending[:n]
             if not slot.pending:  # an image gives no logits (serve/media.py refuses these)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +97,8 @@ def read(url: str, where: str, param: str, policy: Policy) -> bytes:
 
 def fetch(url: str, where: str, param: str, policy: Policy) -> bytes:
     """An http(s) URL's bytes, with --allow-remote-media: at most IMAGE_MAX_BYTES, within
-    MEDIA_FETCH_SECONDS in all."""
-    import urllib.error
-    import urllib.request
-
+    MEDIA_FETCH_SECONDS in all (a server that sends a byte now and then included: the fetch
+    runs on a thread of its own, waited for that long)."""
     if not policy.allow_remote:
         raise bad(
             f"{where}: remote image URLs are not fetched unless the server runs with "
@@ -107,26 +106,50 @@ def fetch(url: str, where: str, param: str, policy: Policy) -> bytes:
             param,
             "remote_media",
         )
-    cap, seconds = settings.IMAGE_MAX_BYTES, settings.MEDIA_FETCH_SECONDS
+    seconds = settings.MEDIA_FETCH_SECONDS
+    too_slow = bad(f"{where}: {url} took over {seconds:.0f} s to fetch", param)
+    got: list[Any] = []
     deadline = time.monotonic() + seconds
+    worker = threading.Thread(
+        target=lambda: got.append(_get(url, where, param, deadline, too_slow)),
+        name="llamapyz-media",
+        daemon=True,
+    )
+    worker.start()
+    worker.join(seconds)
+    if not got:
+        raise too_slow
+    if isinstance(got[0], APIError):
+        raise got[0]
+    return bytes(got[0])
+
+
+def _get(url: str, where: str, param: str, deadline: float, too_slow: APIError) -> Any:
+    """The body at `url` read until `deadline`, or the APIError that refuses it."""
+    import urllib.error
+    import urllib.request
+
+    cap = settings.IMAGE_MAX_BYTES
     too_large = bad(f"{where}: {url} is over the {cap / 1e6:.0f} MB an image may be", param)
     try:
-        with urllib.request.urlopen(url, timeout=seconds) as reply:  # noqa: S310 (http(s) only)
+        left = max(0.1, deadline - time.monotonic())
+        with urllib.request.urlopen(url, timeout=left) as reply:  # noqa: S310 (http(s) only)
             if int(reply.headers.get("content-length") or 0) > cap:
-                raise too_large
+                return too_large
             data = bytearray()
-            while True:
-                part = reply.read(CHUNK)
+            while time.monotonic() < deadline:
+                part = reply.read1(CHUNK)  # what has come, not a whole CHUNK
                 if not part:
-                    return bytes(data)
+                    return data
                 data += part
                 if len(data) > cap:
-                    raise too_large
-                if time.monotonic() > deadline:
-                    raise bad(f"{where}: {url} took over {seconds:.0f} s to fetch", param)
+                    return too_large
+            return too_slow
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise bad(f"{where}: could not fetch {url} ({reason})", param) from None
+        if isinstance(reason, TimeoutError):
+            return too_slow
+        return bad(f"{where}: could not fetch {url} ({reason})", param)
 
 
 def tokens(state: Any, text: str, seen: list[Image], param: str) -> list[int]:
@@ -135,6 +158,13 @@ def tokens(state: Any, text: str, seen: list[Image], param: str) -> list[int]:
         return list(state.model.tokenize(text))
     if state.vision is None:
         raise bad(NO_PROJECTOR, param, "no_vision")
+    typed = text.count(state.vision.marker) - len(seen)  # beyond those standing for `seen`
+    if typed:
+        raise bad(
+            f"{param}: the text holds {state.vision.marker}, which stands for an image in a "
+            "prompt with images; leave it out of the text",
+            param,
+        )
     try:
         prompt: list[int] = state.vision.prompt(text, seen)
     except VisionError as exc:

@@ -12,7 +12,7 @@ from runtime.serve.service import Service
 class Metrics:
     """Requests, tokens and speed, counted as jobs finish; slots and queue read when scraped."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, vision: Any = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -44,7 +44,7 @@ class Metrics:
         slots.set(service.slots)
         waiting = Gauge("llamapyz_queue_length", "Requests waiting for a slot.", registry=r)
         waiting.set_function(lambda: float(service.status()["waiting"]))
-        r.register(_Images(service))
+        r.register(_Images(service, vision))
 
     def observe(self, job: Job, done: dict[str, Any], seconds: float) -> None:
         made = int(done.get("completion_tokens", 0))
@@ -64,22 +64,33 @@ class Metrics:
 
 
 class _Images:
-    """Images decoded and images reused, as the scheduler counts them (read when scraped)."""
+    """Images encoded and images reused, as the projector (engine/vision.py's `Vision`, its
+    embeddings) and the scheduler count them (read when scraped)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, vision: Any) -> None:
         self.service = service
+        self.vision = vision  # None: the model has no projector
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
 
-        status = self.service.status()
+        prefix = int(self.service.status()["image_prefix_hits"])
+        kept = self.vision.embeddings if self.vision is not None else None
+        encoded, reused = (kept.encoded, kept.reused) if kept is not None else (0, 0)
         yield CounterMetricFamily(
             "llamapyz_images_encoded",
-            "Images encoded and decoded into a sequence.",
-            value=status["images_encoded"],
+            "Images run through the projector's encoder.",
+            value=encoded,
         )
         yield CounterMetricFamily(
             "llamapyz_image_cache_hits",
-            "Images of a prompt whose tokens a sequence already held (decoded no image).",
-            value=status["image_cache_hits"],
+            "Images of a prompt not encoded again: their tokens held by the slot's sequence, "
+            "or their embeddings by the in-memory cache of recent images.",
+            value=prefix + reused,
+        )
+        yield CounterMetricFamily(
+            "llamapyz_image_embedding_hits",
+            "Of the image cache hits, those whose kept embeddings were decoded into a slot's "
+            "sequence (another slot's image, or one the slot no longer held).",
+            value=reused,
         )

@@ -40,8 +40,8 @@ class Service:
         self._thread.start()
 
     def status(self) -> dict[str, Any]:
-        """Slots in use, requests waiting, requests cancelled and images decoded or reused so
-        far (for /health and /metrics)."""
+        """Slots in use, requests waiting, requests cancelled and images whose tokens a slot
+        already held so far (for /health and /metrics)."""
         s = getattr(self, "scheduler", None)
         return {
             "lost": self.lost or "",
@@ -49,8 +49,7 @@ class Service:
             "busy": s.busy if s else 0,
             "waiting": self._jobs.qsize(),
             "cancelled": s.cancelled if s else 0,
-            "images_encoded": s.images_encoded if s else 0,
-            "image_cache_hits": s.image_hits if s else 0,
+            "image_prefix_hits": s.image_hits if s else 0,
         }
 
     def _on_fatal(self, message: str) -> bool:
