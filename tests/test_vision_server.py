@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -245,6 +246,21 @@ def test_too_large_and_too_many_image_tokens_are_400s(server: Server, pictures: 
     assert chat(server, user(data_url(pictures / "a.png"))).status_code == 200
 
 
+def test_the_marker_typed_beside_an_image_is_a_400_and_alone_plain_text(
+    server: Server, pictures: Path
+) -> None:
+    typed = chat(server, user(data_url(pictures / "a.png"), text="what is <__media__>?"))
+    assert typed.status_code == 400
+    assert typed.json()["error"]["message"] == (
+        "messages: the text holds <__media__>, which stands for an image in a prompt with "
+        "images; leave it out of the text"
+    )
+    asked = {"model": "m", "prompt": "<__media__>?", "images": [b64(image_bytes("png"))]}
+    ollama_reply = requests.post(f"{server.url}/api/generate", json=asked, timeout=60)
+    assert ollama_reply.status_code == 400 and "images: the text holds" in ollama_reply.text
+    assert chat(server, [{"role": "user", "content": "what is <__media__>?"}]).status_code == 200
+
+
 def test_a_model_without_a_projector_refuses_images(tiny_pyz: Path, pictures: Path) -> None:
     srv = Server(tiny_pyz, "-c", str(CTX))
     try:
@@ -295,6 +311,62 @@ def test_remote_and_file_urls_where_the_flags_allow(vision_pyz: Path, pictures: 
         outside = chat(srv, user("file:///etc/hostname"))
         assert outside.status_code == 400
         assert f"is not under --media-path {pictures.resolve()}" in outside.text
+    finally:
+        srv.stop()
+        web.shutdown()
+
+
+class _Awkward(http.server.BaseHTTPRequestHandler):
+    """Bodies past the caps: a Content-Length over 20 MB, 21 MB with no length, and a PNG that
+    comes a byte every half second."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        if self.path == "/big.png":
+            self.send_header("Content-Length", "20000001")
+        self.end_headers()
+        body = image_bytes("png", 40, 30)
+        try:
+            if self.path == "/slow.png":
+                for i in range(30):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            else:
+                for _ in range(21_000_000 // len(body) + 1):
+                    self.wfile.write(body)
+        except OSError:
+            pass  # the server stopped reading: refused
+
+
+def test_remote_fetches_past_the_caps_are_400s_and_the_server_serves_on(
+    vision_pyz: Path, pictures: Path
+) -> None:
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Awkward)
+    web.daemon_threads = True
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    srv = Server(vision_pyz, "-c", str(CTX), "-n", "8", "--allow-remote-media")
+    base = f"http://127.0.0.1:{web.server_port}"
+    try:
+        for name in ("big.png", "endless.png"):
+            refused = chat(srv, user(f"{base}/{name}"))
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["message"] == (
+                f"messages[0].content[0]: {base}/{name} is over the 20 MB an image may be"
+            )
+        began = time.monotonic()
+        slow = chat(srv, user(f"{base}/slow.png"))
+        spent = time.monotonic() - began
+        assert slow.status_code == 400, slow.text
+        assert slow.json()["error"]["message"] == (
+            f"messages[0].content[0]: {base}/slow.png took over 10 s to fetch"
+        )
+        assert 10 <= spent < 13  # the cap is 10 s in all, however slowly the bytes come
+        assert chat(srv, user(data_url(pictures / "a.png"))).status_code == 200
     finally:
         srv.stop()
         web.shutdown()
