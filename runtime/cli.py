@@ -361,10 +361,7 @@ def main(**kw: Any) -> None:
             else:
                 modes.complete(llm, text, opts, grammar_text, vision, pictures)
                 if opts.verbose and llm.speculation is not None:
-                    said = llm.speculation.summary()
-                    if pictures:
-                        said = "speculation: none (a prompt with images does not speculate)"
-                    click.echo(said, err=True)
+                    click.echo(llm.speculation.summary(images=bool(pictures)), err=True)
     except (
         weights.WeightsError,
         engine.EngineError,

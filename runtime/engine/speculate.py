@@ -132,7 +132,9 @@ class Speculation:
     steps: int = 0
     said: list[str] = field(default_factory=list)
 
-    def summary(self) -> str:
+    def summary(self, images: bool = False) -> str:
+        if images:  # Model.generate reads a prompt with images without drafts
+            return "speculation: none (a prompt with images does not speculate)"
         rate = f"{100.0 * self.accepted / self.drafted:.0f}%" if self.drafted else "n/a"
         return (
             f"speculation ({self.name}): drafted {self.drafted} tokens, accepted "
