@@ -148,11 +148,16 @@ def write_tiny_projector(
     image: int = 32,
     patch: int = 8,
     seed: int = 7,
+    kind: str = "mlp",
 ) -> Path:
     """A small mlp vision projector (LLaVA's shape: a 2-block ViT, of which llava runs the first,
     and a 2-layer MLP) with random weights, whose output is `width` wide and which makes
     (image / patch)**2 tokens of an image. The keys, their GGUF types and the tensors are those
-    the vendored tools/mtmd/clip.cpp reads (a wrong type aborts); the real libmtmd loads it."""
+    the vendored tools/mtmd/clip.cpp reads (a wrong type aborts); the real libmtmd loads it.
+    `kind="gemma3"`: gemma3's (SigLIP's ViT, both blocks run, no class embedding; the patches
+    average-pooled 2 x 2, RMS-normed and projected: (image / patch / 2)**2 tokens), whose
+    image tokens the model reads with non-causal attention, between <start_of_image> and
+    <end_of_image> text."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -160,7 +165,9 @@ def write_tiny_projector(
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name("tiny-projector")
     writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", "mlp")
+    writer.add_string("clip.projector_type", kind)
+    if kind == "gemma3":
+        writer.add_uint32("clip.vision.projector.scale_factor", 2)
     writer.add_uint32("clip.vision.image_size", image)
     writer.add_uint32("clip.vision.patch_size", patch)
     writer.add_uint32("clip.vision.embedding_length", n_embd)
@@ -177,9 +184,11 @@ def write_tiny_projector(
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
     n_patches = (image // patch) ** 2
+    mlp = kind == "mlp"
     writer.add_tensor("v.patch_embd.weight", weight(n_embd, 3, patch, patch).astype(np.float16))
-    writer.add_tensor("v.position_embd.weight", weight(n_patches + 1, n_embd))
-    writer.add_tensor("v.class_embd", weight(n_embd))
+    writer.add_tensor("v.position_embd.weight", weight(n_patches + mlp, n_embd))
+    if mlp:
+        writer.add_tensor("v.class_embd", weight(n_embd))
     for i in range(n_layer):  # llava runs all but the last: the first block is a real ViT layer
         b = f"v.blk.{i}."
         for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
@@ -192,12 +201,17 @@ def write_tiny_projector(
         writer.add_tensor(b + "ffn_up.bias", weight(n_ff))
         writer.add_tensor(b + "ffn_down.weight", weight(n_embd, n_ff))
         writer.add_tensor(b + "ffn_down.bias", weight(n_embd))
-    writer.add_tensor("v.pre_ln.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("v.pre_ln.bias", np.zeros(n_embd, dtype=np.float32))
-    writer.add_tensor("mm.0.weight", weight(width, n_embd))
-    writer.add_tensor("mm.0.bias", weight(width))
-    writer.add_tensor("mm.2.weight", weight(width, width))
-    writer.add_tensor("mm.2.bias", weight(width))
+    ln = "pre_ln" if mlp else "post_ln"
+    writer.add_tensor(f"v.{ln}.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor(f"v.{ln}.bias", np.zeros(n_embd, dtype=np.float32))
+    if mlp:
+        writer.add_tensor("mm.0.weight", weight(width, n_embd))
+        writer.add_tensor("mm.0.bias", weight(width))
+        writer.add_tensor("mm.2.weight", weight(width, width))
+        writer.add_tensor("mm.2.bias", weight(width))
+    else:
+        writer.add_tensor("mm.soft_emb_norm.weight", np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor("mm.input_projection.weight", weight(n_embd, width))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -374,3 +374,37 @@ def test_smollm2_sees_through_a_576_wide_projector_inside_its_chat_template(
     assert_clean_error(
         refused, 1, "mismatch between text model (n_embd = 576) and mmproj (n_embd = 64)"
     )
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gemma3"])
+def test_the_server_reads_an_image_at_the_one_shots_positions(
+    kind: str, tiny_pyz: Path, pictures: Path, tmp_path: Path
+) -> None:
+    """gemma3's projector (its image read with non-causal attention, between text that marks
+    it) as mlp's: the server's scheduler (the image out of band into a slot, the text in the
+    shared batch at the prompt's positions) gives the one-shot's greedy text and token count."""
+    import base64
+
+    import requests
+    from conftest import Server
+
+    proj = write_tiny_projector(tmp_path / "p.gguf", width=64, image=32, patch=4, kind=kind)
+    shot = see(tiny_pyz, "--mmproj", str(proj), "--image", str(pictures / "a.png"), "-p", "hello",
+               "--temp", "0", "--verbose")  # fmt: skip
+    found = PROMPT.search(shot.stderr)
+    assert shot.returncode == 0 and found is not None, shot.stderr
+    n_image = 16 if kind == "gemma3" else 64  # gemma3 pools 8 x 8 patches 2 x 2
+    assert found.groups()[1:] == (str(n_image), "1")
+    if kind == "gemma3":  # the text mtmd puts around its image: more tokens than the image's
+        assert int(found.group(1)) > n_image + len("hello")
+    srv = Server(tiny_pyz, "--mmproj", str(proj), "-c", "1024", "--parallel", "2")
+    try:
+        b64 = base64.b64encode((pictures / "a.png").read_bytes()).decode()
+        body = {"model": "m", "prompt": "hello", "images": [b64], "raw": True, "stream": False}
+        body["options"] = {"temperature": 0, "num_predict": 8, "seed": 3}
+        reply = requests.post(f"{srv.url}/api/generate", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+    finally:
+        srv.stop()
+    assert reply.json()["prompt_eval_count"] == int(found.group(1))
+    assert reply.json()["response"] == shot.stdout
