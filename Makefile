@@ -10,13 +10,13 @@ MARKED := runtime/serve/web/marked.js
 
 install: $(STAMP) $(MARKED)
 
-$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scripts/build-vulkan.sh scripts/build-arm64.sh scripts/aarch64-linux-gnu.cmake scripts/system-packages.sh
+$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scripts/build-vulkan.sh scripts/build-arm64.sh scripts/zig-toolchain.sh scripts/system-packages.sh
 	scripts/system-packages.sh build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The dependencies download while the Vulkan backend compiles.
 	house=$$(PYTHON=$(PY) scripts/build-llama-cpp.sh) && \
-	  $(PY) -m pip install --quiet --no-index --find-links "$$house" --no-deps llama-cpp-python==0.3.36 && \
+	  $(PY) -m pip install --quiet --no-index --find-links "$$house" --no-deps --force-reinstall llama-cpp-python==0.3.36 && \
 	  { $(PY) -m pip install --quiet --find-links "$$house" -e '.[dev]' numpy diskcache jinja2 & deps=$$!; } && \
 	  vk=$$(PYTHON=$(PY) scripts/build-vulkan.sh) && wait $$deps && mkdir -p $(VENV)/llamapyz-gpu && \
 	  cp "$$vk" $(VENV)/llamapyz-gpu/libggml-vulkan.so

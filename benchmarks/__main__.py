@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from benchmarks import (
     chart,
+    rows_arm64,
     rows_build,
     rows_gpu,
     rows_ollama,
@@ -67,6 +68,11 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         "--spec-only",
         action="store_true",
         help="Only the speculation rows (workloads against llama-server and its n-gram modes).",
+    )
+    p.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="Only the speed rows: pp512 and tg128 against llama-bench, and arm64 under qemu.",
     )
     p.add_argument(
         "--gpu-only",
@@ -192,6 +198,10 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     loaded = rows_speed.check_variant(ctx, peers, setup) if peers else None
     if args.spec_only:
         return Measured(rows_spec.spec_rows(ctx, setup, peers), setup, peers, loaded)
+    if args.speed_only:
+        rows = rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
+        rows += rows_arm64.arm64_rows(ctx, setup.pyz, setup.model, setup.threads, args.quick)
+        return Measured(rows, setup, peers, loaded)
     quick = args.quick or args.gpu_lavapipe  # lavapipe: about 1 tok/s
     gpu_opts = rows_gpu.Options(
         args.gpu_backends, args.gpu_lavapipe, pp=32 if quick else 512, tg=8 if quick else 128
@@ -202,6 +212,7 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     rows = rows_build.build_rows(ctx, sizes)
     rows += rows_start.start_rows(ctx, setup)
     rows += rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
+    rows += rows_arm64.arm64_rows(ctx, setup.pyz, setup.model, setup.threads, args.quick)
     rows += rows_server.server_rows(ctx, setup, peers, args.prompt or "")
     rows += rows_ollama.ollama_rows(ctx, setup, args.prompt or GEN_PROMPT)
     ctx.log("RPC rows: the model split over 1, 2 and 3 workers on 127.0.0.1 ...")
@@ -270,6 +281,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "model": str(setup.model),
             "peers": str(args.peers) if args.peers else None,
             "gpu_only": args.gpu_only,
+            "speed_only": args.speed_only,
             "gpu_backends": list(args.gpu_backends),
             "gpu_lavapipe": args.gpu_lavapipe,
         },

@@ -121,7 +121,7 @@ def _cross(arc: str) -> Optional[str]:
     """Where a cross-built file (laid out as the wheel installs it) is shipped: as the builder's
     own architecture ships the same library, or not at all."""
     name = arc.rsplit("/", 1)[-1]
-    if not arc.startswith("llama_cpp/lib/") or name == "libgomp.so.1":
+    if not arc.startswith("llama_cpp/lib/"):
         return arc
     family = name.split(".so")[0]
     return _shipped(family) if family in LIB_FAMILIES else None
@@ -184,20 +184,6 @@ def _closure(roots: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(seen.values(), key=_normal))
 
 
-def _openmp() -> list[tuple[str, Path]]:
-    """The OpenMP runtime the CPU variants link to (libgomp.so.1): not every target has it
-    installed, so it travels too, and the engine loads it only when the system lacks one."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libgomp.so.1")
-        with open("/proc/self/maps", encoding="utf-8") as fh:
-            paths = {line.split()[-1] for line in fh if "/libgomp.so.1" in line}
-    except OSError:
-        return []
-    return [("llama_cpp/lib/libgomp.so.1", Path(p)) for p in sorted(paths)[:1]]
-
-
 @dataclass(frozen=True)
 class Collected:
     files: list[tuple[str, Path]]  # (path under site-packages, source file)
@@ -225,7 +211,7 @@ def collect() -> Collected:
     core_tops = {arc.split("/")[0] for arc, _src in files if arc.split("/")[0] not in tops}
     if tops & core_tops:  # a folder shared with a core distribution: extract it up front
         tops -= core_tops
-    return Collected(sorted(files + _openmp()), compiled, sorted(tops))
+    return Collected(sorted(files), compiled, sorted(tops))
 
 
 def _key(files: list[tuple[str, Path]]) -> str:

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # The Debian packages a make target needs: installed with apt-get when missing and we are root,
 # otherwise one line naming them and the command that installs them, and exit 1.
-#   scripts/system-packages.sh build   what `make install` compiles with (the Vulkan backend,
-#                                      the arm64 cross build)
+#   scripts/system-packages.sh build   what `make install` compiles the Vulkan backend with
 #   scripts/system-packages.sh test    what the tests run: chromium (the chat page),
 #                                      qemu-user (emulated CPUs, and arm64), lavapipe (the GPU
 #                                      of CI)
 set -euo pipefail
 declare -A NEEDS=(
-  [build]="glslc libvulkan-dev spirv-headers g++-aarch64-linux-gnu"
+  [build]="glslc libvulkan-dev spirv-headers"
   [test]="chromium qemu-user mesa-vulkan-drivers"
 )
 wanted=()

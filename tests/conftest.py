@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,17 +371,28 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, pyz: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
+    """`pyz --server` on a free port, started when it says "serving"; `launcher` runs it (an
+    emulator, a chroot and the Python inside it), `env` replaces the environment."""
+
+    def __init__(
+        self,
+        pyz: Path,
+        *args: str,
+        preexec_fn: Callable[[], None] | None = None,
+        launcher: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [str(pyz), "--server", "--port", str(self.port), "--nobrowser", *args],
+            [*launcher, str(pyz), "--server", "--port", str(self.port), "--nobrowser", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=preexec_fn,
+            env=env,
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + (300 if launcher else 120)
         self.banner = ""
         while "serving" not in self.banner:
             line = self.proc.stderr.readline() if self.proc.stderr else ""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
+from packager import elf
 from runtime.engine import model as engine
 
 # name -> number of arguments, as the engine calls them
@@ -53,22 +56,12 @@ def test_bindings_load_without_numpy() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_openmp_comes_from_the_bundle_when_the_system_lacks_it(tiny_pyz: object) -> None:
-    import os
-    import zipfile
-    from pathlib import Path
-
-    assert isinstance(tiny_pyz, Path)
+def test_the_engine_needs_no_openmp_runtime(tiny_pyz: Path, tmp_path: Path) -> None:
+    """Built with ggml's own thread pool (GGML_OPENMP=OFF): no libgomp travels or is needed."""
     with zipfile.ZipFile(tiny_pyz) as zf:
-        assert "native/x86_64/llama_cpp/lib/libgomp.so.1" in zf.namelist()
-    # Inside the file's own runtime, pretend the system has no libgomp.
-    code = "from runtime.engine import model as engine; print(engine.load_openmp('libgomp-not-installed.so.1'))"
-    out = subprocess.run(
-        [sys.executable, str(tiny_pyz)],
-        input=code,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, SHIV_INTERPRETER="1"),
-    )
-    assert out.returncode == 0, out.stderr
-    assert "bundled" in out.stdout
+        natives = [n for n in zf.namelist() if n.startswith("native/") and ".so" in n]
+        assert natives and not [n for n in natives if "omp.so" in n]
+        for name in natives:
+            lib = tmp_path / "lib.so"
+            lib.write_bytes(zf.read(name))
+            assert not [v for v in elf.needed_versions(lib) if "OMP_" in v], name

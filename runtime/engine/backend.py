@@ -215,26 +215,10 @@ def _stderr_captured() -> Iterator[Callable[[], list[str]]]:
             lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
-def load_openmp(system_name: str = "libgomp.so.1") -> str:
-    """Make libgomp.so.1 (which the CPU variants need) loadable: the system's when it has one,
-    else the copy in the bundle. Returns which was used."""
-    try:
-        ctypes.CDLL(system_name, mode=ctypes.RTLD_GLOBAL)
-        return "system"
-    except OSError:
-        pass
-    bundled = lib_dir() / "libgomp.so.1"
-    if not bundled.exists():
-        raise EngineError("this machine has no libgomp.so.1 (OpenMP), which llama.cpp needs")
-    ctypes.CDLL(str(bundled), mode=ctypes.RTLD_GLOBAL)
-    return "bundled"
-
-
 def start_backend(variant_path: Optional[Path]) -> None:
     """Register the CPU backend variant with the libggml that libllama links to, then init."""
     C = bindings()
     if variant_path is not None:
-        load_openmp()
         ggml = ctypes.CDLL(str(ggml_library()))
         ggml.ggml_backend_load.restype = ctypes.c_void_p
         ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]

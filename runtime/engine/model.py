@@ -23,7 +23,6 @@ from runtime.engine.backend import (
     ggml_library,
     last_log_error,
     lib_dir,
-    load_openmp,
     set_verbose,
     start_backend,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "ggml_library",
     "last_log_error",
     "lib_dir",
-    "load_openmp",
     "set_verbose",
     "start_backend",
 ]

@@ -1,11 +1,8 @@
 """What runs first inside a .pyz, before shiv extracts anything: check the Python, choose the
-cache (falling back to a temporary one when it cannot be written), extract the runtime
-there with shiv's own functions, drop older extractions of this file, then hand over to
-shiv's bootstrap.
-
-The packager copies this file to the zip's root as `_llamapyz_boot.py`, so it imports only
-the standard library and stays valid on every Python the runtime supports.
-"""
+cache (falling back to a temporary one when it cannot be written), extract the runtime there
+with shiv's own functions, drop older extractions of this file, then hand over to shiv's
+bootstrap. The packager copies this file to the zip's root as `_llamapyz_boot.py`, so it
+imports only the standard library and stays valid on every Python the runtime supports."""
 
 from __future__ import annotations
 
@@ -33,6 +30,9 @@ MEDIA_PREFIXES = ("libmtmd",)  # images: there too, extracted at the first image
 PACKED_VARIANTS = "packed-variants.json"  # in VARIANT_FOLDER: file name -> size, left in the file
 DEFERRED_LIST = "deferred.json"  # at the zip's root: site-packages entries only a server needs
 DEFERRED_DONE = ".deferred-extracted"  # in site-packages, once those are extracted too
+# A glibc floor -> the oldest distributions with it, for the sentence below it
+DISTRIBUTIONS = {"2.27": "Ubuntu 18.04, Debian 10, RHEL 8 and later",
+                 "2.34": "Debian 12, Ubuntu 22.04, RHEL 9, Fedora 36 and later"}  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -77,11 +77,11 @@ def _check_python(zf: zipfile.ZipFile, path: Path) -> None:
         shown = ", ".join(MACHINES.get(m, m) for m in sorted(carried, reverse=True))
         sys.exit(f"{path} runs on {shown}; this is {MACHINES.get(machine(), 'Linux ' + machine())}")
     need = str(carried.get(machine(), {}).get("floor", {}).get("glibc", "")) if carried else ""
-    # "glibc 2.31"; musl has none, and its loader names what it lacks
+    # "glibc 2.31"; musl has none (its loader names what it lacks)
     have = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else ""
     if _older((have or "").partition(" ")[2], need):
-        sys.exit(f"{path} needs glibc {need} or newer (Debian 12, Ubuntu 22.04, Fedora 36 and "
-                 f"later); this system has {have}")  # fmt: skip
+        where = f" ({DISTRIBUTIONS[need]})" if need in DISTRIBUTIONS else ""
+        sys.exit(f"{path} needs glibc {need} or newer{where}; this system has {have}")
 
 
 def _older(have: str, need: str) -> bool:
