@@ -75,6 +75,11 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         help="Only the speed rows: pp512 and tg128 against llama-bench, and arm64 under qemu.",
     )
     p.add_argument(
+        "--only",
+        help="With --spec-only, only these rows, comma-separated: workloads (code edit, "
+        "free-form, ...), mixed (4 clients), seeded (code edit at temp 0.8), draft (-md).",
+    )
+    p.add_argument(
         "--gpu-only",
         action="store_true",
         help="Only the GPU rows (scripts/gpu-check.sh runs these).",
@@ -107,6 +112,14 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     if not backends or any(b not in rows_gpu.BACKENDS for b in backends):
         p.error(f"--gpu-backends {args.gpu_backends}: give some of {', '.join(rows_gpu.BACKENDS)}")
     args.gpu_backends = backends
+    if args.only is not None:
+        args.only = {w.strip() for w in args.only.split(",") if w.strip()}
+        unknown = args.only - rows_spec.ROW_NAMES
+        if not args.spec_only or not args.only or unknown:
+            p.error(
+                f"--only {','.join(sorted(unknown or args.only))}: give --spec-only and some "
+                f"of {', '.join(sorted(rows_spec.ROW_NAMES))}"
+            )
     if args.peers is not None and not args.peers.is_dir():
         p.error(f"--peers {args.peers} is not a directory")
     return args
@@ -197,7 +210,7 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     peers = locate(ctx, setup.variant, build=not args.quick, given=args.peers)
     loaded = rows_speed.check_variant(ctx, peers, setup) if peers else None
     if args.spec_only:
-        return Measured(rows_spec.spec_rows(ctx, setup, peers), setup, peers, loaded)
+        return Measured(rows_spec.spec_rows(ctx, setup, peers, args.only), setup, peers, loaded)
     if args.speed_only:
         rows = rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
         rows += rows_arm64.arm64_rows(ctx, setup.pyz, setup.model, setup.threads, args.quick)

@@ -47,6 +47,7 @@ GOALS = {
     "free-form": 0.97,
 }
 PEER = "llama-server"
+ROW_NAMES = {*WORKLOADS, "mixed", "seeded", "draft"}  # what --only may name
 
 
 @dataclass
@@ -191,14 +192,18 @@ def _rounds(ctx: Context, sides: dict[str, Side], prompts: dict[str, list[str]])
         ctx.log(f"  spec run {rep + 1}/{reps}: llamapyz tok/s {line}")
 
 
-def spec_rows(ctx: Context, setup: Setup, peers: Optional[Peers]) -> list[Row]:
-    """The speculation rows, in the issue's order."""
+def spec_rows(
+    ctx: Context, setup: Setup, peers: Optional[Peers], only: Optional[set[str]] = None
+) -> list[Row]:
+    """The speculation rows, in the issue's order (`only`: those of ROW_NAMES)."""
+    want = ROW_NAMES if only is None else only
+    workloads = {w: make for w, make in WORKLOADS.items() if w in want}
     if peers is None:
         return [
             Row("spec", "speculation rows", "tok/s", [], Goal(">=", 1.0, True), skipped=NOT_BUILT)
         ]
     reps = max(MIN_REPS, min(ctx.reps, 7))
-    ctx.log(f"speculation rows: {len(WORKLOADS)} workloads x {reps} repetitions ...")
+    ctx.log(f"speculation rows: {len(workloads)} workloads x {reps} repetitions ...")
     curve = verify_curve(ctx, setup, peers)
     ctx.log("  verify cost T(k)/T(1): " + ", ".join(f"{k}: {v:.2f}" for k, v in curve.items()))
     started: list[Server] = []
@@ -212,17 +217,22 @@ def spec_rows(ctx: Context, setup: Setup, peers: Optional[Peers]) -> list[Row]:
                 _peer(ctx, setup, peers, f"{PEER} --spec-type {mode}", "--spec-type", mode)
             )
         started += [s.server for s in sides.values()]
-        prompts = {w: [make(100 + rep) for rep in range(reps)] for w, make in WORKLOADS.items()}
-        _rounds(ctx, sides, prompts)
-        rows = _workload_rows(sides, prompts, curve)
-        none = _ours(ctx, setup, "llamapyz --spec-type none", "--spec-type", "none")
-        started.append(none)
-        rows.append(_mixed_row(ctx, sides["ours"].server, none, reps))
-        rows.append(_seeded_row(ctx, sides["ours"].server, sides["peer"].server, reps))
+        prompts = {w: [make(100 + rep) for rep in range(reps)] for w, make in workloads.items()}
+        rows: list[Row] = []
+        if prompts:
+            _rounds(ctx, sides, prompts)
+            rows = _workload_rows(sides, prompts, curve)
+        if "mixed" in want:
+            none = _ours(ctx, setup, "llamapyz --spec-type none", "--spec-type", "none")
+            started.append(none)
+            rows.append(_mixed_row(ctx, sides["ours"].server, none, reps))
+        if "seeded" in want:
+            rows.append(_seeded_row(ctx, sides["ours"].server, sides["peer"].server, reps))
     finally:
         for server in started:
             server.stop()
-    rows += _draft_rows(ctx, setup, peers, reps)
+    if "draft" in want:
+        rows += _draft_rows(ctx, setup, peers, reps)
     return rows
 
 
