@@ -157,7 +157,11 @@ def same_text(a: str, b: str) -> None:
 
 
 def ngram() -> speculate.Speculation:
-    return speculate.Speculation(speculate.NgramDrafter(8, 0))
+    """The n-gram drafter as every mode makes it: paced by its measured costs (engine/pace.py),
+    which may draft less under load, never differently."""
+    new = speculate.drafters("ngram", 8, 0)
+    assert new is not None
+    return speculate.Speculation(new(0))
 
 
 class RandomDrafter:

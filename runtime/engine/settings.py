@@ -47,3 +47,12 @@ SPEC_DRAFT_MODEL_START = 4  # a draft model's first draft length (it adapts as n
 SPEC_BUSY_TOKENS = 4  # with several requests generating, their rows hold this many tokens at
 # most, drafts included: llama-bench here, T(k)/T(1) for k = 1, 2, 3, 4, 6, 8, 16 tokens read
 # 1.00, 1.21, 1.24, 1.52, 2.49, 2.85, 6.23 (a token past the fourth costs ~0.4 of a step)
+# engine/pace.py: a draft of k pays while (E[kept] + 1) / T(k + 1) beats 1 / T(1), T measured
+SPEC_COST_WEIGHT = 0.2  # how fast a row length's measured step time follows the latest step
+SPEC_COST_CLIP = 2.0  # a step past this many times the estimate counts as this many (a stall)
+SPEC_KEPT_MEMORY = 0.9  # the weight of a draft's outcome left after each later one
+SPEC_KEPT_PRIOR_WEIGHT = 2.0  # the prior chance of a token kept counts as this many drafts
+SPEC_KEPT_PRIOR_COLD = 0.5  # ... after a draft not kept whole (or none yet)
+SPEC_KEPT_PRIOR_WARM = 0.8  # ... after a draft kept whole
+SPEC_PROBE_AFTER = 8  # plain steps in a row chosen by the costs, then a draft is tried anyway
+SPEC_PROBE_LENGTH = 1  # the tokens of that probe

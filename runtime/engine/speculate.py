@@ -159,17 +159,26 @@ def drafters(
     spec_type: str, n_max: int, n_min: int, draft: Any = None
 ) -> Optional[Callable[[int], Drafter]]:
     """What makes sequence N's drafter under these flags (`draft`: a draft.DraftModel or
-    None), or None: no speculation."""
+    None), or None: no speculation. Each drafts only what its measured costs pay for
+    (engine/pace.py), the costs shared by the sequences."""
     from runtime.engine.draft import Either, ModelDrafter
+    from runtime.engine.pace import Paced, StepCosts
 
     kind = chosen(spec_type, draft is not None)
-    if kind == "ngram":
-        return lambda seq: NgramDrafter(n_max, n_min)
-    if kind == "draft":
-        return lambda seq: ModelDrafter(draft, seq, n_max)
-    if kind == "ngram+draft":
-        return lambda seq: Either(NgramDrafter(n_max, n_min), ModelDrafter(draft, seq, n_max))
-    return None
+    if kind == "none":
+        return None
+    costs = StepCosts()  # one machine, one model: every sequence's steps measure it
+
+    def make(seq: int) -> Drafter:
+        if kind == "ngram":
+            inner: Drafter = NgramDrafter(n_max, n_min)
+        elif kind == "draft":
+            inner = ModelDrafter(draft, seq, n_max)
+        else:
+            inner = Either(NgramDrafter(n_max, n_min), ModelDrafter(draft, seq, n_max))
+        return Paced(inner, costs, n_max)
+
+    return make
 
 
 def can_roll_back(model: Any) -> bool:

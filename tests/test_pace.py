@@ -1,0 +1,163 @@
+"""engine/pace.py: the drafter policy that times its own steps. Synthetic costs and outcomes
+(a clock the test moves, a drafter that always has a guess): it stops drafting where drafts
+lose, probes, drafts again once they win, and grows and shrinks the length by the costs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from runtime.engine import settings, speculate
+from runtime.engine.pace import Kept, Paced, StepCosts
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Guesser:
+    """A drafter that always has `n_max` tokens to propose (0, 1, 2, ...)."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+        self.outcomes: list[int] = []
+
+    def begin(self, tokens: Sequence[int]) -> None:
+        pass
+
+    def push(self, token: int) -> None:
+        pass
+
+    def propose(self, n_max: int, generating: int = 1) -> list[int]:
+        self.asked.append(n_max)
+        return list(range(n_max))
+
+    def accepted(self, n: int) -> None:
+        self.outcomes.append(n)
+
+
+def steep(n: int) -> float:
+    """A step of an n-token row, in seconds: the loaded machine's curve (2: 1.65, 9: 6.2)."""
+    return 0.010 * (1.0 + 0.65 * (n - 1))
+
+
+def cheap(n: int) -> float:
+    """A quiet machine's curve: T(n) / T(1) = (3 + n) / 4."""
+    return 0.010 * (3.0 + n) / 4.0
+
+
+def run(
+    paced: Paced, clock: Clock, steps: int, cost: Callable[[int], float], kept: Callable[[int], int]
+) -> list[int]:
+    """`steps` steps: each draft proposed is timed at `cost(1 + len)` and keeps `kept(len)`
+    of its tokens; the draft lengths verified, step by step."""
+    lengths = []
+    for _ in range(steps):
+        draft = paced.propose(8)
+        clock.now += cost(1 + len(draft))
+        paced.push(0)
+        if draft:
+            paced.accepted(min(len(draft), kept(len(draft))))
+        lengths.append(len(draft))
+    return lengths
+
+
+def paced(cost: Callable[[int], float]) -> tuple[Paced, Clock, Guesser]:
+    clock, inner = Clock(), Guesser()
+    costs = StepCosts()
+    for n in range(1, 10):  # the costs as measured earlier in the process
+        for _ in range(3):
+            costs.record(n, cost(n))
+    return Paced(inner, costs, 8, clock), clock, inner
+
+
+def test_drafts_that_lose_stop_and_a_probe_brings_them_back() -> None:
+    p, clock, inner = paced(steep)
+    lost = run(p, clock, 60, steep, lambda k: 0)  # free-form text: nothing is ever kept
+    drafted = [k for k in lost[20:] if k]
+    # past the first misses only probes remain: one token after SPEC_PROBE_AFTER plain steps
+    assert drafted and set(drafted) == {settings.SPEC_PROBE_LENGTH}
+    assert len(drafted) <= 40 // settings.SPEC_PROBE_AFTER + 1, lost
+    assert inner.outcomes[-len(drafted) :] == [0] * len(drafted)
+    won = run(p, clock, 2 * settings.SPEC_PROBE_AFTER + 10, steep, lambda k: k)  # now a copy
+    first = next(i for i, k in enumerate(won) if k)
+    assert first <= settings.SPEC_PROBE_AFTER + 1  # the next probe finds it
+    assert won[first] == settings.SPEC_PROBE_LENGTH
+    assert won[-5:] == [8] * 5, won  # kept whole: drafts grow to the longest
+
+
+def test_cheap_steps_keep_drafting_what_steep_ones_drop() -> None:
+    # Half the drafts kept whole, half not at all (by a coin): per draft token, half a token
+    # kept; that pays on the cheap curve (a draft of 8: 5 tokens for 3 steps), never on the
+    # steep one (each token costs 0.65 of a step), where only the probes remain.
+    def coin(seed: int) -> Callable[[int], int]:
+        flips = random.Random(seed)
+        return lambda k: k if flips.random() < 0.5 else 0
+
+    cheap_run = run(*paced(cheap)[:2], 200, cheap, coin(3))
+    steep_run = run(*paced(steep)[:2], 200, steep, coin(3))
+    assert sum(map(bool, cheap_run[50:])) > 100 and max(cheap_run[50:]) == 8, cheap_run
+    # a probe, and after one kept whole a try or two more (it might be a copy starting)
+    assert sum(map(bool, steep_run[50:])) <= 2 * 150 // settings.SPEC_PROBE_AFTER, steep_run
+    assert set(steep_run[50:]) == {0, settings.SPEC_PROBE_LENGTH}
+
+
+def test_a_draft_is_as_long_as_its_measured_cost_pays_for() -> None:
+    # 3 tokens of every draft kept, the 4th never: a draft of 3 gives 4 tokens for 7/4 of a
+    # step, one of 4 the same 4 tokens for 2 steps; once that is learned, drafts are of 3.
+    p, clock, _ = paced(cheap)
+    lengths = run(p, clock, 60, cheap, lambda k: min(k, 3))
+    assert lengths[-20:] == [3] * 20, lengths
+
+
+def test_measured_costs() -> None:
+    costs = StepCosts()
+    assert costs.ratio(5) == pytest.approx(
+        (settings.SPEC_STEP_COST + 5) / (settings.SPEC_STEP_COST + 1)
+    )
+    costs.record(1, 0.010)
+    costs.record(3, 0.030)  # measured: T(3) = 3 T(1)
+    assert costs.ratio(3) == pytest.approx(3.0)
+    # 4 was never measured: 3's, scaled by the prior curve
+    prior = (settings.SPEC_STEP_COST + 4) / (settings.SPEC_STEP_COST + 3)
+    assert costs.ratio(4) == pytest.approx(3.0 * prior)
+    costs.record(1, 1.0)  # a stall counts as SPEC_COST_CLIP times the estimate
+    clipped = 0.010 + (0.010 * settings.SPEC_COST_CLIP - 0.010) * settings.SPEC_COST_WEIGHT
+    assert costs.seconds[1] == pytest.approx(clipped)
+
+
+def test_kept_counts_only_the_positions_tried() -> None:
+    kept = Kept(0.5, 4)
+    for _ in range(50):
+        kept.observe(4, 1)  # the first kept, the second rejected, the rest never tried
+    chances = kept.chances(4)
+    assert chances[0] > 0.9 and chances[1] < 0.2
+    assert chances[2] == chances[1] and chances[3] == chances[2]  # the one before, untried
+    assert kept.expected(4)[-1] == pytest.approx(kept.expected(2)[-1], abs=0.05)
+    fresh = Kept(0.5, 4).chances(4)
+    assert fresh == [0.5] * 4
+
+
+def test_beside_others_it_asks_the_drafter_and_times_nothing() -> None:
+    p, clock, inner = paced(steep)
+    before = dict(p.costs.samples)
+    assert p.propose(3, generating=2) == [0, 1, 2]
+    clock.now += 5.0
+    p.push(0)
+    p.accepted(0)
+    assert p.costs.samples == before and inner.asked == [3] and inner.outcomes == [0]
+
+
+def test_every_mode_drafts_through_one_measured_table() -> None:
+    new = speculate.drafters("ngram", 8, 0)
+    assert new is not None
+    a, b = new(0), new(1)
+    assert isinstance(a, Paced) and isinstance(b, Paced) and a.costs is b.costs
+    assert isinstance(a.inner, speculate.NgramDrafter)
+    assert speculate.drafters("none", 8, 0) is None
