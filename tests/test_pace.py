@@ -161,3 +161,12 @@ def test_every_mode_drafts_through_one_measured_table() -> None:
     assert isinstance(a, Paced) and isinstance(b, Paced) and a.costs is b.costs
     assert isinstance(a.inner, speculate.NgramDrafter)
     assert speculate.drafters("none", 8, 0) is None
+
+
+def test_under_the_policy_the_ngram_drafter_does_not_pause_by_itself() -> None:
+    alone = speculate.NgramDrafter(8, 0, pauses=False)
+    alone.begin([1, 2, 1])
+    for _ in range(2 * settings.SPEC_MISSES_BEFORE_PAUSE):
+        assert alone.propose(8)
+        alone.accepted(0)  # each miss: the policy above it decides whether to go on
+    assert alone.propose(8)

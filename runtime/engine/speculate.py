@@ -50,10 +50,16 @@ class NgramDrafter:
     """
 
     def __init__(
-        self, n_max: int = settings.SPEC_DRAFT_N_MAX, n_min: int = settings.SPEC_DRAFT_N_MIN
+        self,
+        n_max: int = settings.SPEC_DRAFT_N_MAX,
+        n_min: int = settings.SPEC_DRAFT_N_MIN,
+        pauses: bool = True,
     ) -> None:
         self.n_max = max(1, n_max)
         self.n_min = n_min
+        # False: alone in a batch, a policy above it (engine/pace.py) decides when to draft
+        self.pauses = pauses
+        self._busy = False  # the last draft was proposed beside other generating sequences
         self.length = min(settings.SPEC_DRAFT_START, self.n_max)
         self.rate = 1.0  # recent share of drafted tokens kept (a moving average)
         self.tokens: list[int] = []
@@ -86,7 +92,7 @@ class NgramDrafter:
         return []
 
     def propose(self, n_max: int, generating: int = 1) -> list[int]:
-        self._last = 0
+        self._last, self._busy = 0, generating > 1
         if self._pause > 0:
             self._pause -= 1
             return []
@@ -112,7 +118,7 @@ class NgramDrafter:
         elif n == 0:
             self.length = max(1, self.length // 2)
             self._misses += 1
-            if self._misses >= settings.SPEC_MISSES_BEFORE_PAUSE:
+            if (self.pauses or self._busy) and self._misses >= settings.SPEC_MISSES_BEFORE_PAUSE:
                 self._pauses += 1
                 self._pause = settings.SPEC_PAUSE * self._pauses
                 self._misses = 0
@@ -171,11 +177,11 @@ def drafters(
 
     def make(seq: int) -> Drafter:
         if kind == "ngram":
-            inner: Drafter = NgramDrafter(n_max, n_min)
+            inner: Drafter = NgramDrafter(n_max, n_min, pauses=False)
         elif kind == "draft":
             inner = ModelDrafter(draft, seq, n_max)
         else:
-            inner = Either(NgramDrafter(n_max, n_min), ModelDrafter(draft, seq, n_max))
+            inner = Either(NgramDrafter(n_max, n_min, False), ModelDrafter(draft, seq, n_max))
         return Paced(inner, costs, n_max)
 
     return make
