@@ -63,7 +63,10 @@ def speculation_info(opts: Options) -> str:
     if "draft" in used:
         assert draft is not None
         parts.append(f"draft model {draft.label}, while one request generates")
-    return f"{used} ({'; then '.join(parts)}; off for models whose memory cannot drop draft tokens)"
+    return (
+        f"{used} ({'; then '.join(parts)}; as long as the measured cost of a step pays; off for "
+        "models whose memory cannot drop draft tokens)"
+    )
 
 
 def gpu_info(opts: Options, choice: Any) -> None:
