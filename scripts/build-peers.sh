@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own llama-bench and llama-server, the peers of the speed and server
 # benchmark rows, from the llama.cpp source that llama-cpp-python 0.3.36 vendors, portable
-# (every CPU variant as a loadable library), as scripts/build-llama-cpp.sh builds the engine.
+# (every CPU variant as a loadable library), as scripts/build-llama-cpp.sh builds the engine:
+# the same toolchain (Zig's, for glibc 2.28) and the same thread pool (GGML_OPENMP=OFF), so a
+# ratio against them measures what llamapyz adds, not what a compiler or OpenMP changes.
 #
 # The result lies outside the repository, keyed by the flags:
 #   ${LLAMAPYZ_DEV_CACHE:-~/.cache/llamapyz-dev}/peers/llama.cpp-0.3.36-<hash>/
@@ -10,19 +12,21 @@
 # With GGML_BACKEND_DL a binary loads every libggml-cpu-*.so beside itself (and in its working
 # directory) and keeps the best-scoring one, which may be a variant this machine cannot run;
 # so the benchmarks run bin-<variant>/ (from inside it) with the variant llamapyz chose.
-# Prints the directory on stdout; does nothing when it already exists. Needs cmake, a C++17
-# compiler and pip (for the sdist); 10-20 minutes on two cores, once. With
+# Prints the directory on stdout; does nothing when it already exists. Needs cmake and pip (for
+# the sdist and Zig); 10-20 minutes on two cores, once. With
 # LLAMAPYZ_PEERS_NO_BUILD=1 it only looks: exit code 3 when they are not built.
 set -euo pipefail
 VERSION=0.3.36
 FLAGS="-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON \
 -DGGML_CPU_ALL_VARIANTS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
--DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"
+-DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DGGML_OPENMP=OFF"
 TARGETS="llama-bench llama-server"
 PYTHON=${PYTHON:-python3}
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
-KEY=$(printf '%s %s %s %s' "$VERSION" "$FLAGS" "$TARGETS" "$(uname -m)" | sha256sum | cut -c1-12)
+ZIG=$(PYTHON="$PYTHON" "$(dirname "$0")/zig-toolchain.sh" "$(uname -m)-linux-gnu.2.28")
+KEY=$(printf '%s %s %s %s %s' "$VERSION" "$FLAGS" "$TARGETS" "$(uname -m)" "$(basename "$ZIG")" |
+  sha256sum | cut -c1-12)
 DEST="$CACHE/peers/llama.cpp-$VERSION-$KEY"
 
 if [ -d "$DEST" ]; then
@@ -56,7 +60,8 @@ tar -xzf "$tmp/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$tmp" \
 src="$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp"
 
 # shellcheck disable=SC2086  # FLAGS and TARGETS are word lists
-cmake -S "$src" -B "$tmp/build" $FLAGS >>"$log" 2>&1 || fail "cmake configure"
+cmake -S "$src" -B "$tmp/build" $FLAGS -DCMAKE_TOOLCHAIN_FILE="$ZIG/toolchain.cmake" >>"$log" 2>&1 ||
+  fail "cmake configure"
 # shellcheck disable=SC2086
 "$PYTHON" "$(dirname "$0")/progress.py" "llama-bench, llama-server" "$tmp/compile.log" -- \
   cmake --build "$tmp/build" --config Release -j "$(nproc)" --target $TARGETS ||
@@ -94,7 +99,7 @@ cp "$log" "$out/build.log"
   echo "llama.cpp vendored by llama-cpp-python $VERSION"
   echo "flags: $FLAGS"
   echo "targets: $TARGETS"
-  echo "compiler: $(c++ --version 2>/dev/null | head -n1)"
+  echo "compiler: $("$ZIG/c++" --version 2>/dev/null | head -n1) ($(basename "$ZIG"))"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m) in $(($(date +%s) - started)) s"
   echo "variants: $(echo $variants | tr '\n' ' ')"
 } >"$out/BUILD-INFO"

@@ -226,7 +226,9 @@ def _extract_members(
     zf: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, str]], root: Path
 ) -> None:
     """Write each member at its path under `root`, on a few threads: zlib and the file system
-    both let go of the GIL, and most of a first start is spent here."""
+    both let go of the GIL, and most of a first start is spent here. Each thread reads through
+    its own ZipFile: in Pythons without the fix of bpo-42369 (Debian 11's 3.9.2) a shared
+    handle tells the position of whichever thread moved it last, and reads come back corrupt."""
     import threading
 
     for name in {os.path.dirname(place) for _, place in members}:
@@ -236,14 +238,14 @@ def _extract_members(
     queue = sorted(members, key=lambda m: m[0].file_size)  # largest first, popped from the end
     failed: list[BaseException] = []
 
-    def work() -> None:
+    def work(own: zipfile.ZipFile) -> None:
         while queue and not failed:
             try:
                 member, place = queue.pop()
             except IndexError:
                 return
             try:
-                data = memoryview(zf.read(member))
+                data = memoryview(own.read(member))
                 mode = (member.external_attr >> 16) & 0o777 or 0o644
                 fd = os.open(root / place, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
                 try:
@@ -254,10 +256,17 @@ def _extract_members(
             except BaseException as exc:  # raised again below, on the calling thread
                 failed.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(min(4, os.cpu_count() or 1) - 1)]
+    def worker() -> None:
+        try:
+            with zipfile.ZipFile(zf.filename or "") as own:
+                work(own)
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(min(4, os.cpu_count() or 1) - 1)]
     for thread in threads:
         thread.start()
-    work()
+    work(zf)
     for thread in threads:
         thread.join()
     if failed:
