@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from benchmarks import (
     chart,
+    rows_arches,
     rows_arm64,
     rows_build,
     rows_gpu,
@@ -224,6 +225,7 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
         return Measured(gpu, setup, peers, loaded)
     rows = rows_build.build_rows(ctx, sizes)
     rows += rows_start.start_rows(ctx, setup)
+    rows += rows_arches.arch_rows(ctx, setup)
     rows += rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
     rows += rows_arm64.arm64_rows(ctx, setup.pyz, setup.model, setup.threads, args.quick)
     rows += rows_server.server_rows(ctx, setup, peers, args.prompt or "")

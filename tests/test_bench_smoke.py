@@ -29,6 +29,9 @@ ROW_KEYS = [
     "gguf_check_first_start",
     "first_run_disk",
     "pyz_overhead",
+    "pyz_overhead_x86_64",
+    "start_warm_two_arches",
+    "start_first_two_arches",
     "speed_pp512",
     "speed_tg128",
     "speed_arm64_qemu_tg",
@@ -87,7 +90,7 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
         env=_isolated_env(tmp_path),
         capture_output=True,
         text=True,
-        timeout=170 if peers else 110,
+        timeout=260 if peers else 200,
     )
     assert done.returncode == 0, done.stderr
 
