@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -74,6 +75,33 @@ def test_the_file_carries_libmtmd_and_extracts_it_at_the_first_image(
     seen = run_pyz(vision_pyz, *FLAGS, "--image", str(pictures / "a.png"), "-p", "hi", env=env)
     assert seen.returncode == 0, seen.stderr
     assert (site / "bin" / "libmtmd.so").stat().st_size > 1_000_000
+
+
+def test_libmtmd_is_packed_with_lzma_and_a_python_without_lzma_says_so(
+    vision_pyz: Path, pictures: Path, tmp_path: Path
+) -> None:
+    with zipfile.ZipFile(vision_pyz) as zf:
+        packed = {i.filename: i.compress_type for i in zf.infolist()}
+    for machine in ("x86_64", "aarch64"):
+        assert packed[f"native/{machine}/bin/libmtmd.so"] == zipfile.ZIP_LZMA
+        assert (
+            packed[
+                f"native/{machine}/bin/libggml-cpu-{'x64' if machine == 'x86_64' else 'armv8.0_1'}.so"
+            ]
+            == zipfile.ZIP_DEFLATED
+        )
+    # A Python built without liblzma, whose `import lzma` fails (zipfile then has none): the
+    # preamble runs LLAMAPYZ_PYTHON as `PY -I -c CODE FILE ARGS`.
+    python = tmp_path / "python3"
+    python.write_text(
+        f"#!/bin/sh\nflags=$1 code=$3; shift 3\nexec {sys.executable} $flags -c "
+        '"import sys; sys.modules[\'lzma\'] = None\n$code" "$@"\n'
+    )
+    python.chmod(0o755)
+    env = dict(os.environ, LLAMAPYZ_CACHE=str(tmp_path / "cache"), LLAMAPYZ_PYTHON=str(python))
+    seen = run_pyz(vision_pyz, *FLAGS, "--image", str(pictures / "a.png"), "-p", "hi", env=env)
+    assert_clean_error(seen, 1, "libmtmd.so is packed with LZMA and this Python has no lzma module")
+    assert run_pyz(vision_pyz, *FLAGS, "-p", "hi", env=env).returncode == 0  # text still runs
 
 
 def test_the_projector_loads_from_inside_the_file_and_its_tokens_count(

@@ -87,6 +87,10 @@ def _packed_bytes(path: Path) -> bytes:
         return _open_zip(pyz).read(member)
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise CpuError(f"cannot read {member} from {pyz} ({exc})") from None
+    except RuntimeError:  # zipfile's word for a compression this Python was built without
+        raise CpuError(
+            f"{path.name} is packed with LZMA and this Python has no lzma module"
+        ) from None
 
 
 @functools.lru_cache(maxsize=1)
