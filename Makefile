@@ -10,7 +10,7 @@ MARKED := runtime/serve/web/marked.js
 
 install: $(STAMP) $(MARKED)
 
-$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scripts/build-vulkan.sh scripts/build-arm64.sh scripts/zig-toolchain.sh scripts/system-packages.sh
+$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/engine-source.sh scripts/build-vulkan.sh scripts/build-arm64.sh scripts/static-tools.sh scripts/zig-toolchain.sh scripts/system-packages.sh
 	scripts/system-packages.sh build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -84,7 +84,7 @@ def arm64_rows(ctx: Context, pyz: Path, model: Path, threads: int, quick: bool) 
         skipped = "skipped: --quick (minutes under qemu)"
     elif qemu is None:
         skipped = "skipped: qemu-aarch64 is not installed (make system-test)"
-    elif not (built / "peer" / "libllama-bench-impl.so").is_file():
+    elif not (built / "peer" / "llama-bench").is_file():
         skipped = f"skipped: {built} has no peer/llama-bench (run make install)"
     if skipped or qemu is None:
         return [Row(key, name, "tok/s", [], GOAL, skipped=skipped)]

@@ -5,7 +5,7 @@
 # no OpenMP runtime); cached outside the repo keyed by version, flags and toolchain. Prints the
 # folder on stdout, laid out as the engine wheel's site-packages: llama_cpp/lib/ (libllama,
 # libggml, libggml-base, libmtmd) and bin/ (libggml-cpu-armv*.so, libggml-rpc.so), and
-# peer/ (llama-bench and its libllama-bench-impl.so, never packed: the benchmarks' peer under
+# peer/ (llama-bench, its tool libraries linked in; never packed: the benchmarks' peer under
 # qemu, from the same build).
 # The two SME variants (armv9.2_1, armv9.2_2) are left out (dropped from a hard-linked copy of
 # the source's variant list): qemu-user here cannot show they run, and no test would.
@@ -14,7 +14,7 @@ set -euo pipefail
 VERSION=0.3.36
 FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_RPC=ON -DGGML_OPENMP=OFF"
 DROPPED="armv9.2_1 armv9.2_2"
-LAYOUT=4  # bump when the output's layout or link settings change
+LAYOUT=5  # bump when the output's layout or link settings change (5: the tools' libraries STATIC)
 PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
@@ -29,12 +29,13 @@ mkdir -p "$CACHE/backends"
 
 # 1. The engine's source, and a copy of it (hard links: no disk) without the SME variants.
 SRC=$(PYTHON="$PYTHON" "$HERE/engine-source.sh")
-TREE="$CACHE/src/llama.cpp-$VERSION-arm64"
+TREE="$CACHE/src/llama.cpp-$VERSION-arm64-$LAYOUT"
 if [ ! -f "$TREE/.ready" ]; then
   rm -rf "$TREE" && cp -al "$SRC/vendor/llama.cpp" "$TREE"
   list="$TREE/ggml/src/CMakeLists.txt"
   sed "/ggml_add_cpu_backend_variant(armv9\.2_[12] /d" "$list" >"$list.new"
   rm -f "$list" && mv "$list.new" "$list"  # a new file: the sdist's own copy stays as it is
+  "$HERE/static-tools.sh" "$TREE"  # llama-bench in one piece (see the script)
   touch "$TREE/.ready"
 fi
 
@@ -65,9 +66,7 @@ done
 for lib in $(find "$BUILD" -name 'libggml-cpu-*.so' -type f) "$(one libggml-rpc.so)"; do
   cp "$lib" "$STAGE/bin/$(basename "$lib")"
 done
-for tool in llama-bench libllama-bench-impl.so; do
-  cp "$(readlink -f "$(one "$tool")")" "$STAGE/peer/$tool"
-done
+cp "$(readlink -f "$(one llama-bench)")" "$STAGE/peer/llama-bench"
 for variant in armv8.0_1 armv8.2_1 armv8.6_1; do
   [ -s "$STAGE/bin/libggml-cpu-$variant.so" ] || { echo "build-arm64.sh: no libggml-cpu-$variant.so" >&2; exit 1; }
 done

@@ -22,10 +22,11 @@ FLAGS="-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGM
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
 -DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DGGML_OPENMP=OFF"
 TARGETS="llama-bench llama-server"
+LAYOUT=2  # bump when the build changes beyond FLAGS (2: the tools' own libraries linked STATIC)
 PYTHON=${PYTHON:-python3}
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
 ZIG=$(PYTHON="$PYTHON" "$(dirname "$0")/zig-toolchain.sh" "$(uname -m)-linux-gnu.2.28")
-KEY=$(printf '%s %s %s %s %s' "$VERSION" "$FLAGS" "$TARGETS" "$(uname -m)" "$(basename "$ZIG")" |
+KEY=$(printf '%s %s %s %s %s %s' "$VERSION" "$FLAGS" "$TARGETS" "$(uname -m)" "$(basename "$ZIG")" "$LAYOUT" |
   sha256sum | cut -c1-12)
 DEST="$CACHE/peers/llama.cpp-$VERSION-$KEY"
 
@@ -58,6 +59,7 @@ echo "building llama.cpp's llama-bench and llama-server from llama-cpp-python $V
 tar -xzf "$tmp/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$tmp" \
   "llama_cpp_python-$VERSION/vendor/llama.cpp" >>"$log" 2>&1 || fail "unpacking the sdist"
 src="$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp"
+"$(dirname "$0")/static-tools.sh" "$src" >>"$log" 2>&1 || fail "linking the tools' libraries STATIC"
 
 # shellcheck disable=SC2086  # FLAGS and TARGETS are word lists
 cmake -S "$src" -B "$tmp/build" $FLAGS -DCMAKE_TOOLCHAIN_FILE="$ZIG/toolchain.cmake" >>"$log" 2>&1 ||
