@@ -5,7 +5,7 @@ llama-bench times llama.cpp (its pp and tg tests), and print the samples as JSON
 
 GPU (optional) is BACKEND:DEVICE:LAYERS, e.g. vulkan:Vulkan0:31: the layers go to that one
 device as `./model.pyz --gpu BACKEND --device DEVICE -ngl LAYERS` puts them (the device's
-self-test first, runtime.engine.gpu's plan); the result says where they went.
+self-test first, runtime.engine.devices.gpu's plan); the result says where they went.
 
 MODEL is the .pyz (its embedded weights, loaded through the FILE* path) or a GGUF. The start
 is cli.main()'s: engine.set_verbose(False), the CPU variant (the one llamapyz chose, passed
@@ -56,7 +56,8 @@ def _random_prompts(n_vocab: int, n: int) -> tuple[list[int], list[int]]:
 
 def _gpu_offload(spec: str, cpu_path: object, source: object, result: dict[str, object]) -> object:
     """The offload of `spec` (BACKEND:DEVICE:LAYERS) as the runtime plans it; records it."""
-    from runtime.engine import gpu, gpu_selftest, settings
+    from runtime.engine import settings
+    from runtime.engine.devices import gpu, gpu_selftest
 
     backend, device, layers = spec.split(":")
     plan = gpu.plan(
@@ -91,8 +92,9 @@ def main(argv: list[str]) -> None:
     )
     gen_prompt = argv[6] if len(argv) > 6 and argv[6] else GEN_PROMPT
     gpu_spec = argv[7] if len(argv) > 7 else ""
-    from runtime.engine import cpu, settings
-    from runtime.engine import model as engine
+    from runtime.engine import settings
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu
     from runtime.sources import resolve as weights
 
     engine.set_verbose(False)

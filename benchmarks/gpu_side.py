@@ -30,7 +30,7 @@ class GpuSide:
 
     @property
     def flash_attn(self) -> str:
-        """What llamapyz's -fa auto makes of this backend (runtime.engine.gpu.flash_attn),
+        """What llamapyz's -fa auto makes of this backend (runtime.engine.devices.gpu.flash_attn),
         given to the peers too."""
         return "off" if self.backend == "vulkan" else "auto"
 

@@ -47,7 +47,7 @@ class Options:
 
 def backend_library(backend: str) -> Optional[Path]:
     """The GPU backend `pack build` packs (scripts/build-vulkan.sh, build-cuda.sh), if built."""
-    from runtime.engine.variants import gpu_build_dir
+    from runtime.engine.devices.variants import gpu_build_dir
 
     folder = gpu_build_dir()
     path = folder / "libggml-vulkan.so" if backend == "vulkan" else folder / "cuda/libggml-cuda.so"

@@ -17,8 +17,8 @@ from engine_speed import GEN_PROMPT  # type: ignore[import-not-found]
 
 
 def main(argv: list[str]) -> None:
-    from runtime.engine import cpu
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu
     from runtime.rpc import client as rpc
     from runtime.rpc.endpoints import parse_endpoints
     from runtime.sources.resolve import from_path

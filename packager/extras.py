@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from packager.errors import PackError
-from runtime.engine.draft import VOCAB_CHECK_START, VOCAB_MAX_DIFFERENCE  # llama.cpp's rule
+from runtime.engine.decoding.draft import (  # llama.cpp's rule
+    VOCAB_CHECK_START,
+    VOCAB_MAX_DIFFERENCE,
+)
 from runtime.file import gguf_check
 
 TOKENS = "tokenizer.ggml.tokens"

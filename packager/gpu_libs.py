@@ -1,13 +1,13 @@
 """The GPU backends a build carries: libggml-vulkan.so (scripts/build-vulkan.sh) and, with
 `--gpu cuda`, libggml-cuda.so and CUDA's own libraries (scripts/build-cuda.sh), from the
-folder `make install` fills (runtime.engine.variants.gpu_build_dir)."""
+folder `make install` fills (runtime.engine.devices.variants.gpu_build_dir)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from packager.errors import PackError
-from runtime.engine.variants import gpu_build_dir
+from runtime.engine.devices.variants import gpu_build_dir
 
 CHOICES = ("default", "none", "vulkan", "cuda")
 CUDA_LIBS = ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13")

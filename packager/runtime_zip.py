@@ -42,7 +42,7 @@ LLAMA_CPP_MODULES = {
     "_ctypes_extensions.py",
     "_ggml.py",
     "llama_grammar.py",
-    "mtmd_cpp.py",  # images: libmtmd's bindings (runtime/engine/vision.py)
+    "mtmd_cpp.py",  # images: libmtmd's bindings (runtime/engine/media/vision.py)
 }
 # The libraries the runtime loads; libmtmd (multimodal: images) links to libllama and libggml.
 LIB_FAMILIES = ("libllama", "libggml", "libggml-base", "libmtmd")
@@ -112,7 +112,8 @@ def _shipped(family: str) -> str:
     """Where one of llama.cpp's libraries goes under site-packages, and the name it is looked
     up by: libllama.so for llama-cpp-python's loader, the soname (.so.0) for libraries that
     other libraries link to. libmtmd waits in the file beside the CPU variants until the first
-    image (runtime/file/boot.py, runtime/engine/vision.py): a first start without one skips it."""
+    image (runtime/file/boot.py, runtime/engine/media/vision.py): a first start without one skips
+    it."""
     name = f"{family}.so" if family in LOADED_BY_NAME else f"{family}.so.0"
     return f"bin/{name}" if family == "libmtmd" else f"llama_cpp/lib/{name}"
 

@@ -11,8 +11,8 @@ from typing import Any, Optional
 import click
 
 from runtime.engine import settings
-from runtime.engine.gpu import WORDS as GPU_WORDS
-from runtime.engine.speculate import SPEC_TYPES
+from runtime.engine.decoding.speculate import SPEC_TYPES
+from runtime.engine.devices.gpu import WORDS as GPU_WORDS
 from runtime.file.boot import archive
 from runtime.options import Options
 
@@ -300,8 +300,9 @@ def main(**kw: Any) -> None:
     """Run the language model in this file (or -m MODEL): chat, or complete a prompt."""
     from runtime import modes, system_info
     from runtime.chat import templates
-    from runtime.engine import cpu, gpu, grammar, variants
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import grammar
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu, gpu, variants
     from runtime.rpc.endpoints import RpcError, parse_endpoints
     from runtime.serve.listen import PortError
     from runtime.sources import resolve as weights

@@ -16,7 +16,7 @@ from runtime.options import Options
 
 
 def grammar_for(opts: Options) -> Optional[str]:
-    from runtime.engine import grammar
+    from runtime.engine.decoding import grammar
 
     if opts.grammar_file:
         return grammar.from_file(opts.grammar_file)
@@ -29,7 +29,7 @@ def complete(
     llm: Any, text: str, opts: Options, grammar_text: Optional[str], seen: Any, images: list[Any]
 ) -> None:
     from runtime.chat.stops import StopFilter
-    from runtime.engine import vision
+    from runtime.engine.media import vision
 
     out = sys.stdout
     stops = StopFilter(opts.stop)
@@ -50,7 +50,7 @@ def drafters(llm: Any, opts: Options) -> Any:
     """What makes each sequence's drafter under the flags (with the draft model open_model
     loaded, if any), or None (also where the model's memory cannot drop draft tokens again,
     which --verbose says)."""
-    from runtime.engine import speculate as spec
+    from runtime.engine.decoding import speculate as spec
 
     new = spec.drafters(opts.spec_type, opts.spec_draft_n_max, opts.spec_draft_n_min, llm.draft)
     if new is not None and not spec.can_roll_back(llm):
@@ -62,7 +62,7 @@ def drafters(llm: Any, opts: Options) -> Any:
 
 def speculate(llm: Any, opts: Options) -> None:
     """Give the model the drafter -p and chat use."""
-    from runtime.engine import speculate as spec
+    from runtime.engine.decoding import speculate as spec
 
     new = drafters(llm, opts)
     llm.speculation = (
@@ -77,8 +77,9 @@ def open_draft(opts: Options, source: Any, llm: Any, rpc_offload: Any, choice: A
     one; its vocabulary checked against the model's: a mismatch is one sentence."""
     from dataclasses import replace
 
-    from runtime.engine import draft, gpu, speculate
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import draft, speculate
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import gpu
     from runtime.sources import resolve
 
     kind = opts.spec_type.lower()
@@ -119,7 +120,7 @@ def open_draft(opts: Options, source: Any, llm: Any, rpc_offload: Any, choice: A
 def vision_inputs(opts: Options, chatting: bool) -> tuple[Any, list[Any]]:
     """The projector (where -p has --image, a chat may attach one, or the server may be sent
     one) and --image's files."""
-    from runtime.engine import vision
+    from runtime.engine.media import vision
 
     wanted = bool(opts.images or chatting or opts.server) and not opts.embedding
     return vision.inputs(opts.mmproj, opts.model, opts.images, archive()) if wanted else (None, [])
@@ -128,7 +129,7 @@ def vision_inputs(opts: Options, chatting: bool) -> tuple[Any, list[Any]]:
 @contextlib.contextmanager
 def loaded(opts: Options, source: Any, rpc: Any, choice: Any, proj: Any) -> Iterator[Any]:
     """The model, and its vision projector (on the model's GPU) where it has one."""
-    from runtime.engine import vision
+    from runtime.engine.media import vision
 
     with open_model(opts, source, rpc, choice) as llm:
         devices = [] if opts.no_mmproj_offload else llm.gpu_devices
@@ -187,7 +188,7 @@ def serve(
     import time
 
     from runtime.chat import templates
-    from runtime.engine import vision
+    from runtime.engine.media import vision
     from runtime.serve import app as server
     from runtime.serve import media, metrics, service
     from runtime.serve import state as served
@@ -258,8 +259,8 @@ def rpc_worker(opts: Options) -> None:
 def local_gpus(opts: Options, choice: Any) -> list[Any]:
     """This machine's GPU devices that join the RPC workers (self-tested, chosen as without
     --rpc by --gpu, --device, --main-gpu, --split-mode); none with --gpu none or -ngl 0."""
-    from runtime.engine import gpu, gpu_selftest
-    from runtime.engine.variants import extracted
+    from runtime.engine.devices import gpu, gpu_selftest
+    from runtime.engine.devices.variants import extracted
 
     want = gpu.WORDS[opts.gpu.lower()]
     if want == "none" or gpu.parse_ngl(opts.n_gpu_layers) == 0:
@@ -277,7 +278,7 @@ def local_gpus(opts: Options, choice: Any) -> list[Any]:
 def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]], choice: Any) -> Any:
     """How the model is split over the RPC workers and this machine's GPUs (and its CPU, with
     --rpc-local); one line says over which."""
-    from runtime.engine import gpu
+    from runtime.engine.devices import gpu
     from runtime.rpc import client as rpc
     from runtime.rpc.endpoints import RpcError
 
@@ -298,7 +299,7 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]], choice
         include_local=opts.rpc_local,
         n_layer=rpc.layer_count(source.path, source.offset),
     )
-    from runtime.engine.gpu import parse_ngl
+    from runtime.engine.devices.gpu import parse_ngl
 
     offload.local_backends = tuple(d.backend for d in here)
     ngl = parse_ngl(opts.n_gpu_layers)
@@ -315,7 +316,7 @@ def offload(opts: Options, source: Any, endpoints: list[tuple[str, int]], choice
 
 
 def _why_no_gpu(opts: Options) -> str:
-    from runtime.engine import gpu
+    from runtime.engine.devices import gpu
 
     if gpu.WORDS[opts.gpu.lower()] == "none":
         return "--gpu none"
@@ -325,8 +326,8 @@ def _why_no_gpu(opts: Options) -> str:
 
 
 def gpu_plan(opts: Options, source: Any, choice: Any) -> Any:
-    """Where the layers go on this machine's GPUs (runtime.engine.gpu), self-tests first."""
-    from runtime.engine import gpu, gpu_selftest
+    """Where the layers go on this machine's GPUs (runtime.engine.devices.gpu), self-tests first."""
+    from runtime.engine.devices import gpu, gpu_selftest
 
     ngl = gpu.parse_ngl(opts.n_gpu_layers)
     want = gpu.WORDS[opts.gpu.lower()]
@@ -358,8 +359,8 @@ def _loading(opts: Options) -> dict[str, Any]:
 def open_model(opts: Options, source: Any, rpc_offload: Any, choice: Any) -> Any:
     """The model, loaded with its layers on the GPU (fewer, and said so, if they do not fit)
     or split over RPC workers; one line on stderr says where it runs."""
-    from runtime.engine import gpu
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import gpu
 
     plan = None if rpc_offload is not None else gpu_plan(opts, source, choice)
     backends = [d.backend for d in plan.devices] if plan else rpc_offload.local_backends

@@ -67,7 +67,7 @@ class Options:
     verbose: bool
 
     def sampling(self, grammar: Optional[str] = None) -> Any:
-        from runtime.engine.model import Sampling
+        from runtime.engine.decoding.model import Sampling
 
         return Sampling(
             grammar=grammar,

@@ -16,8 +16,8 @@ def show(
     endpoints: Optional[list[tuple[str, int]]] = None,
     opts: Optional[Options] = None,
 ) -> None:
-    from runtime.engine import cpu, cpuinfo, variants
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu, cpuinfo, variants
     from runtime.rpc import client as rpc
 
     assert isinstance(choice, cpu.Choice)
@@ -43,7 +43,7 @@ def show(
 
 def speculation_info(opts: Options) -> str:
     """What speculation a run with these flags uses, and why (for --system-info)."""
-    from runtime.engine.speculate import chosen
+    from runtime.engine.decoding.speculate import chosen
     from runtime.file.boot import archive
     from runtime.sources import resolve
 
@@ -71,7 +71,7 @@ def speculation_info(opts: Options) -> str:
 
 def gpu_info(opts: Options, choice: Any) -> None:
     """--system-info's GPU part: backends in the file, devices and their self-tests, the choice."""
-    from runtime.engine import gpu, gpu_selftest
+    from runtime.engine.devices import gpu, gpu_selftest
     from runtime.file.boot import archive
     from runtime.sources import resolve
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_smollm2  # noqa: E402
 
-from runtime.engine import selftest_model  # noqa: E402
+from runtime.engine.devices import selftest_model  # noqa: E402
 
 PACK = str(Path(sys.executable).parent / "pack")
 
@@ -340,8 +340,8 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, text
     assert text in result.stderr, result.stderr
     assert result.stdout == "", result.stdout
     if code == 1:
-        # Where the model ran (`runtime.engine.gpu`) is said once it has loaded; an error in a
-        # later step (a grammar, a template) follows that line.
+        # Where the model ran (`runtime.engine.devices.gpu`) is said once it has loaded; an error
+        # in a later step (a grammar, a template) follows that line.
         lines = [x for x in result.stderr.strip().splitlines() if not x.startswith(PLACEMENT)]
         assert len(lines) == 1, result.stderr
 

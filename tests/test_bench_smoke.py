@@ -17,7 +17,7 @@ from typing import Optional
 
 import pytest
 
-from runtime.engine import selftest_model
+from runtime.engine.devices import selftest_model
 
 REPO = Path(__file__).resolve().parent.parent
 ROW_KEYS = [

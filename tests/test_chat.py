@@ -101,11 +101,11 @@ def test_chat_template_override_and_unknown_name(tiny_pyz: Path, tmp_path: Path)
 
 def test_template_found_from_chat_tokens(tmp_path: Path) -> None:
     from runtime.chat import templates
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
 
     gguf = write_tiny_gguf(tmp_path / "m.gguf", extra_tokens=["<|im_start|>", "<|im_end|>"])
     engine.set_verbose(False)
-    from runtime.engine import cpu
+    from runtime.engine.devices import cpu
     from runtime.sources.source import ModelSource
 
     engine.start_backend(cpu.choose().path)

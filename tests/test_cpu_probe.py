@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from runtime.engine import cpu, selftest_model, variants
+from runtime.engine.devices import cpu, selftest_model, variants
 from tests.conftest import run_pyz
 
 Probe = Callable[[Path, Path], tuple[bool, str]]

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 from packager import elf
-from runtime.engine import model as engine
+from runtime.engine.decoding import model as engine
 
 # name -> number of arguments, as the engine calls them
 USED = {
@@ -49,7 +49,7 @@ def test_bindings_have_the_functions_and_arities_we_call() -> None:
 def test_bindings_load_without_numpy() -> None:
     # The .pyz carries no numpy: importing the bindings must not run llama_cpp/__init__.py.
     code = (
-        "import sys; from runtime.engine import model as engine; engine.bindings(); "
+        "import sys; from runtime.engine.decoding import model as engine; engine.bindings(); "
         "print('numpy' in sys.modules, 'llama_cpp.llama' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

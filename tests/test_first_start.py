@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Server, run_pyz
 
-from runtime.engine import variants
+from runtime.engine.devices import variants
 
 ARGS = ("-p", "ab", "-n", "4", "--temp", "0")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error, pack, run_pyz, write_tiny_gguf
 
-from runtime.engine import selftest_model
+from runtime.engine.devices import selftest_model
 from runtime.file import gguf_check
 from runtime.file.gguf_check import GGUFError, check
 

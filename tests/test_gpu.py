@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.engine.variants import gpu_build_dir
+from runtime.engine.devices.variants import gpu_build_dir
 from tests.conftest import ROOT, assert_clean_error, build_session_pyz, pack, run_pyz
 
 VULKAN = gpu_build_dir() / "libggml-vulkan.so"
@@ -62,8 +62,8 @@ def test_all_layers_and_part_of_them_on_lavapipe(smollm2_pyz: Path) -> None:
 COMPARE = r"""
 import json, sys
 from pathlib import Path
-from runtime.engine import cpu, gpu, gpu_selftest, offload
-from runtime.engine import model as engine
+from runtime.engine.devices import cpu, gpu, gpu_selftest, offload
+from runtime.engine.decoding import model as engine
 from runtime.sources.source import ModelSource
 engine.set_verbose(False)
 engine.start_backend(cpu.choose().path)
@@ -360,12 +360,12 @@ def test_cuda_without_a_driver_falls_back(
     loads (ggml reports no device, nothing aborts), and the run goes on without it."""
     code = (
         "import sys; from pathlib import Path\n"
-        "from runtime.engine import devices\n"
+        "from runtime.engine.devices import registry\n"
         "import ctypes\n"
         f"for lib in {['libcudart.so.13', 'libcublasLt.so.13', 'libcublas.so.13']!r}:\n"
         f"    ctypes.CDLL(str(Path({str(CUDA)!r}) / lib), mode=ctypes.RTLD_GLOBAL)\n"
-        f"reg = devices.load_backend(Path({str(CUDA)!r}) / 'libggml-cuda.so')\n"
-        "print(len(devices.of_backend(reg)) if reg else 'not loaded')\n"
+        f"reg = registry.load_backend(Path({str(CUDA)!r}) / 'libggml-cuda.so')\n"
+        "print(len(registry.of_backend(reg)) if reg else 'not loaded')\n"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.engine.gpu import GPU_NODES, NO_GPU_NODE
+from runtime.engine.devices.gpu import GPU_NODES, NO_GPU_NODE
 from tests.conftest import ROOT, assert_clean_error, pack, run_pyz
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def _lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def broken_pyz(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Path:
     """The tiny model in a file whose Vulkan backend is tests/broken_gpu.c."""
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
 
     folder = tmp_path_factory.mktemp("broken")
     source = subprocess.run(

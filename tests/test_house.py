@@ -1,7 +1,8 @@
 """The house: which room of `runtime/` may import which, no import circles, small modules.
 
 Inside `serve/`, each API dialect is a package of its own; the two share serve/'s service and
-replies and never import each other.
+replies and never import each other. Inside `engine/`, rooms by job too (`decoding/`,
+`devices/`, `media/`) over its top (the native side, the run-time defaults), their arrows one way.
 
 Every import counts, those inside functions and under TYPE_CHECKING too: a lazy import is
 still an arrow between rooms.
@@ -28,6 +29,15 @@ ALLOWED = {
 }
 FRONT = "runtime"
 DIALECTS = ("runtime.serve.openai", "runtime.serve.ollama")
+# engine/'s rooms: each may import engine's top (backend, settings) and the rooms listed; the
+# top imports none of them.
+ENGINE = "runtime.engine"
+ENGINE_ROOMS = {
+    "runtime.engine.decoding": set(),
+    "runtime.engine.devices": {"runtime.engine.decoding"},
+    "runtime.engine.media": {"runtime.engine.devices", "runtime.engine.decoding"},
+}
+ENGINE_TOP = ["__init__.py", "backend.py", "settings.py"]
 MAX_LINES = 400
 
 
@@ -55,7 +65,7 @@ def imports(path: Path, name: str, known: set[str]) -> set[str]:
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(up + ([base] if base else []))
-            # `from runtime.engine import model` imports runtime.engine.model
+            # `from runtime.engine.decoding import model` imports runtime.engine.decoding.model
             targets = [
                 f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
             ]
@@ -70,7 +80,7 @@ def imports(path: Path, name: str, known: set[str]) -> set[str]:
 
 
 def room(module: str) -> str:
-    """`runtime.engine.cpu` -> `runtime.engine`; the front door's modules -> `runtime`."""
+    """`runtime.engine.devices.cpu` -> `runtime.engine`; the front door's modules -> `runtime`."""
     if not module.startswith("runtime"):
         return module.split(".")[0]
     parts = module.split(".")
@@ -83,14 +93,23 @@ def dialect(module: str) -> str | None:
     return next((d for d in DIALECTS if module == d or module.startswith(d + ".")), None)
 
 
+def engine_room(module: str) -> str | None:
+    """`runtime.engine.devices.gpu` -> `runtime.engine.devices`; engine's top -> `runtime.engine`;
+    None outside engine/."""
+    if module != ENGINE and not module.startswith(ENGINE + "."):
+        return None
+    candidate = ".".join(module.split(".")[:3])
+    return candidate if candidate in ENGINE_ROOMS else ENGINE
+
+
 def graph(root: Path) -> dict[str, set[str]]:
     found = modules(root)
     return {name: imports(path, name, set(found)) for name, path in found.items()}
 
 
 def wrong_arrows(root: Path) -> list[str]:
-    """Every import that points up the table, from runtime/ into packager/, or from one API
-    dialect into the other."""
+    """Every import that points up the table, from runtime/ into packager/, from one API
+    dialect into the other, or against the arrows of engine/'s rooms."""
     wrong = []
     for name, targets in sorted(graph(root).items()):
         here = room(name)
@@ -99,6 +118,10 @@ def wrong_arrows(root: Path) -> list[str]:
             mine, theirs = dialect(name), dialect(target)
             if mine and theirs and mine != theirs:
                 wrong.append(f"{name} imports {target}: {mine} may not import {theirs}")
+                continue
+            inner, other = engine_room(name), engine_room(target)
+            if inner and other and other not in (inner, ENGINE, *ENGINE_ROOMS.get(inner, ())):
+                wrong.append(f"{name} imports {target}: {inner} may not import {other}")
                 continue
             if there == here or here == "packager":
                 continue  # the build tool may import the runtime
@@ -187,6 +210,18 @@ def test_serve_keeps_each_dialect_in_its_package() -> None:
         assert f"never `{other}`" in doc, f"{init.relative_to(ROOT)} says it never imports {other}"
 
 
+def test_engine_keeps_its_modules_in_rooms() -> None:
+    engine = ROOT / "runtime" / "engine"
+    rooms = sorted(r.rpartition(".")[2] for r in ENGINE_ROOMS)
+    top = sorted(p.name for p in engine.iterdir() if p.name != "__pycache__")
+    assert top == sorted([*ENGINE_TOP, *rooms]), "engine/'s modules live in its rooms"
+    for name in rooms:
+        doc = ast.get_docstring(ast.parse((engine / name / "__init__.py").read_text()))
+        assert doc and "import" in doc.lower(), (
+            f"runtime/engine/{name}/__init__.py says what it may import"
+        )
+
+
 def test_no_module_is_past_400_lines() -> None:
     long = {
         str(p.relative_to(ROOT)): n
@@ -199,7 +234,7 @@ def test_no_module_is_past_400_lines() -> None:
 @pytest.mark.parametrize(
     ("module", "line", "expected"),
     [
-        ("runtime/engine/grammar.py", "from runtime.serve import app", "runtime.serve"),
+        ("runtime/engine/decoding/grammar.py", "from runtime.serve import app", "runtime.serve"),
         (
             "runtime/file/jsonfile.py",
             "from runtime.sources.source import ModelSource",
@@ -216,6 +251,21 @@ def test_no_module_is_past_400_lines() -> None:
             "runtime/serve/openai/routes.py",
             "from runtime.serve.ollama.facts import VERSION",
             "runtime.serve.openai may not import runtime.serve.ollama",
+        ),
+        (
+            "runtime/engine/decoding/model.py",
+            "from runtime.engine.devices import gpu",
+            "runtime.engine.decoding may not import runtime.engine.devices",
+        ),
+        (
+            "runtime/engine/devices/gpu.py",
+            "from runtime.engine.media.vision import Vision",
+            "runtime.engine.devices may not import runtime.engine.media",
+        ),
+        (
+            "runtime/engine/settings.py",
+            "from runtime.engine.decoding import pace",
+            "runtime.engine may not import runtime.engine.decoding",
         ),
     ],
 )

@@ -167,8 +167,8 @@ def test_not_a_zip(tmp_path: Path, tiny_gguf: Path) -> None:
 GENERATE = """
 import sys
 from pathlib import Path
-from runtime.engine import cpu
-from runtime.engine import model as engine
+from runtime.engine.devices import cpu
+from runtime.engine.decoding import model as engine
 from runtime.sources.llamafile import find_gguf_member
 from runtime.sources.source import ModelSource
 

@@ -622,8 +622,8 @@ def test_params_with_bad_values(params: dict[str, Any], message: str) -> None:
 GENERATE = """
 import sys
 from pathlib import Path
-from runtime.engine import cpu
-from runtime.engine import model as engine
+from runtime.engine.devices import cpu
+from runtime.engine.decoding import model as engine
 from runtime.sources import ollama
 from runtime.sources.source import ModelSource
 

@@ -1,6 +1,7 @@
-"""engine/pace.py: the drafter policy that times its own steps. Synthetic costs and outcomes
-(a clock the test moves, a drafter that always has a guess): it stops drafting where drafts
-lose, probes, drafts again once they win, and grows and shrinks the length by the costs."""
+"""engine/decoding/pace.py: the drafter policy that times its own steps. Synthetic costs and
+outcomes (a clock the test moves, a drafter that always has a guess): it stops drafting where
+drafts lose, probes, drafts again once they win, and grows and shrinks the length by the
+costs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from runtime.engine import settings, speculate
-from runtime.engine.pace import Kept, Paced, StepCosts
+from runtime.engine import settings
+from runtime.engine.decoding import speculate
+from runtime.engine.decoding.pace import Kept, Paced, StepCosts
 
 
 class Clock:

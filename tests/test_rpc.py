@@ -42,8 +42,8 @@ CLIENT = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from runtime.engine import cpu
-from runtime.engine import model as engine
+from runtime.engine.devices import cpu
+from runtime.engine.decoding import model as engine
 from runtime.rpc import client as rpc
 from runtime.rpc import lost
 from runtime.rpc.endpoints import RpcError, parse_endpoints
@@ -277,7 +277,9 @@ def test_worker_gone_between_check_and_connect_is_one_line(tmp_path: Path) -> No
     """The safety net behind check_endpoint: ggml-rpc's own abort becomes one line."""
     port = free_port()
     code = (
-        "from runtime.engine import cpu, model as engine\nfrom runtime.rpc import client as rpc\n"
+        "from runtime.engine.decoding import model as engine\n"
+        "from runtime.engine.devices import cpu\n"
+        "from runtime.rpc import client as rpc\n"
         "engine.set_verbose(False)\n"
         "engine.start_backend(cpu.choose().path)\n"
         "rpc.lost.install_abort_message(rpc.ggml())\n"  # what add_servers does before ggml connects
@@ -503,7 +505,7 @@ def test_plan_offload_refuses(
 def test_apply_to_params_sets_the_fields(tiny_gguf: Path) -> None:
     import ctypes
 
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
 
     C = engine.bindings()
     params = C.llama_model_default_params()

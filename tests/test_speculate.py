@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from conftest import assert_clean_error, run_pyz
 
-from runtime.engine import grammar, speculate
-from runtime.engine import model as engine
+from runtime.engine.decoding import grammar, speculate
+from runtime.engine.decoding import model as engine
 
 CODE = """Here is a function:
 
@@ -44,7 +44,7 @@ Quote the passage's second sentence exactly: \""""
 
 @pytest.fixture(scope="module")
 def llm(smollm2: Path) -> Iterator[Any]:
-    from runtime.engine import cpu
+    from runtime.engine.devices import cpu
     from runtime.sources.source import ModelSource
 
     engine.set_verbose(False)
@@ -157,8 +157,8 @@ def same_text(a: str, b: str) -> None:
 
 
 def ngram() -> speculate.Speculation:
-    """The n-gram drafter as every mode makes it: paced by its measured costs (engine/pace.py),
-    which may draft less under load, never differently."""
+    """The n-gram drafter as every mode makes it: paced by its measured costs
+    (engine/decoding/pace.py), which may draft less under load, never differently."""
     new = speculate.drafters("ngram", 8, 0)
     assert new is not None
     return speculate.Speculation(new(0))

@@ -15,8 +15,8 @@ import requests
 from conftest import WEATHER, Server
 from test_speculate import CODE, QUOTE, RandomDrafter, Run, same, same_text
 
-from runtime.engine import grammar, speculate
-from runtime.engine import model as engine
+from runtime.engine.decoding import grammar, speculate
+from runtime.engine.decoding import model as engine
 from runtime.serve.batch import Scheduler
 from runtime.serve.jobs import Job
 
@@ -28,7 +28,7 @@ SLOTS = 3
 
 @pytest.fixture(scope="module")
 def llm(smollm2: Path) -> Iterator[Any]:
-    from runtime.engine import cpu
+    from runtime.engine.devices import cpu
     from runtime.sources.source import ModelSource
 
     engine.set_verbose(False)

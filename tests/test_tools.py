@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime.chat import reasoning, tools
-from runtime.engine import grammar
+from runtime.engine.decoding import grammar
 
 KNOWN = ["get_weather", "get_time"]
 
@@ -208,8 +208,8 @@ def test_tools_reach_the_model_through_its_template(tmp_path: Path) -> None:
     from conftest import write_tiny_gguf
 
     from runtime.chat import templates
-    from runtime.engine import cpu
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu
     from runtime.sources.source import ModelSource
 
     gguf = write_tiny_gguf(tmp_path / "m.gguf", extra_tokens=["<|im_start|>", "<|im_end|>"])

@@ -332,8 +332,10 @@ def test_the_scheduler_seam_decodes_an_image_into_any_sequence(
     """In process: what the server's scheduler will do for a slot (`decode_image` out of band,
     the text at `pos_at`, in sequence 1) leaves the same next-token logits as the one-shot's
     `prefill` into sequence 0; another image leaves others."""
-    from runtime.engine import backend, cpu, vision
-    from runtime.engine import model as engine
+    from runtime.engine import backend
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu
+    from runtime.engine.media import vision
     from runtime.sources.source import ModelSource
 
     def source(path: Path) -> ModelSource:

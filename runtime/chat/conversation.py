@@ -11,7 +11,7 @@ from typing import Any, Optional, TextIO
 from runtime.chat import templates
 from runtime.chat.stops import StopFilter
 from runtime.engine.backend import EngineError
-from runtime.engine.vision import VisionError
+from runtime.engine.media.vision import VisionError
 
 HELP = """commands:
   /reset    forget the conversation (the system prompt stays)
@@ -45,8 +45,8 @@ class Conversation:
         self.notify = notify
         self.stops = tuple(fmt.stops) + tuple(stops)
         self.messages: list[templates.Message] = []
-        self.vision: Any = None  # engine.vision.Vision, where the model has a projector
-        self.attached: list[Any] = []  # images for the next message (engine.vision.Image)
+        self.vision: Any = None  # engine.media.vision.Vision, where the model has a projector
+        self.attached: list[Any] = []  # images for the next message (engine.media.vision.Image)
         self.reset()
 
     def reset(self) -> None:
@@ -57,7 +57,7 @@ class Conversation:
         while True:
             text = templates.render(self.fmt, self.messages, self.model)
             images = [i for m in self.messages for i in m.get("images", ())]
-            if images:  # engine.vision.Prompt: tokens, each image's among them
+            if images:  # engine.media.vision.Prompt: tokens, each image's among them
                 tokens: list[int] = self.vision.prompt(text, images, fits=False)
             else:
                 tokens = self.model.tokenize(text)
@@ -78,7 +78,7 @@ class Conversation:
 
     def attach(self, path: str) -> str:
         """Attach the image at `path` to the next message; what to tell the user."""
-        from runtime.engine import vision
+        from runtime.engine.media import vision
 
         if self.vision is None:
             raise vision.VisionError(vision.NO_PROJECTOR)

@@ -57,7 +57,7 @@ class ChatFormat:
 
 
 def builtin_names() -> list[str]:
-    from runtime.engine.model import bindings
+    from runtime.engine.decoding.model import bindings
 
     C = bindings()
     n = int(C.llama_chat_builtin_templates(None, 0))
@@ -153,7 +153,7 @@ def render(
 
 
 def _render_builtin(name: str, messages: list[Message]) -> str:
-    from runtime.engine.model import bindings
+    from runtime.engine.decoding.model import bindings
 
     C = bindings()
     keep = [(m["role"].encode(), m["content"].encode()) for m in messages]

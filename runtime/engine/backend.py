@@ -1,7 +1,7 @@
 """llama.cpp's native side: the bindings, its log and aborts, the CPU backend, libc.
 
-With `runtime.engine.model`, the only modules that touch llama_cpp. We use llama-cpp-python's
-ctypes bindings (`llama_cpp.llama_cpp`) and none of its high-level classes:
+With `runtime.engine.decoding.model`, the only modules that touch llama_cpp. We use
+llama-cpp-python's ctypes bindings (`llama_cpp.llama_cpp`) and none of its high-level classes:
 `llama_cpp/__init__.py` imports numpy, which the .pyz does not carry.
 `tests/test_engine_bindings.py` fails if the bindings we lean on drift.
 """

@@ -32,7 +32,7 @@ SPEC_MISSES_BEFORE_PAUSE = 3  # drafts in a row kept not at all, then drafting p
 SPEC_PAUSE = 8  # steps of that pause (times the pauses so far)
 IMAGE_MAX_BYTES = 20_000_000  # an image file (checked before decoding)
 IMAGE_MAX_PIXELS = 50_000_000  # width x height, read from the header before decoding
-# Recent images' embeddings kept in memory (engine/embeddings.py): llava-1.5's 576 x 4096
+# Recent images' embeddings kept in memory (engine/media/embeddings.py): llava-1.5's 576 x 4096
 # floats are 9.4 MB an image, gemma3's 256 x 2560 are 2.6 MB.
 IMAGE_EMBED_CACHE_BYTES = 128 << 20
 MEDIA_FETCH_SECONDS = 10.0  # the server's fetch of an http(s) image (--allow-remote-media)
@@ -47,7 +47,8 @@ SPEC_DRAFT_MODEL_START = 4  # a draft model's first draft length (it adapts as n
 SPEC_BUSY_TOKENS = 4  # with several requests generating, their rows hold this many tokens at
 # most, drafts included: llama-bench here, T(k)/T(1) for k = 1, 2, 3, 4, 6, 8, 16 tokens read
 # 1.00, 1.21, 1.24, 1.52, 2.49, 2.85, 6.23 (a token past the fourth costs ~0.4 of a step)
-# engine/pace.py: a draft of k pays while (E[kept] + 1) / T(k + 1) beats 1 / T(1), T measured
+# engine/decoding/pace.py: a draft of k pays while (E[kept] + 1) / T(k + 1) beats 1 / T(1),
+# T measured
 SPEC_COST_WEIGHT = 0.2  # how fast a row length's measured step time follows the latest step
 SPEC_COST_CLIP = 2.0  # a step past this many times the estimate counts as this many (a stall)
 SPEC_KEPT_MEMORY = 0.9  # the weight of a draft's outcome left after each later one

@@ -149,9 +149,9 @@ def _place(name: str) -> Optional[str]:
 
 
 def _packed_variant(name: str) -> bool:
-    """A CPU backend variant (left in the file until it is chosen, `runtime.engine.cpu`),
-    a GPU backend or library (until a device uses it, `runtime.engine.gpu`), or libmtmd
-    (until the first image, `runtime.engine.vision`)."""
+    """A CPU backend variant (left in the file until it is chosen, `runtime.engine.devices.cpu`),
+    a GPU backend or library (until a device uses it, `runtime.engine.devices.gpu`), or libmtmd
+    (until the first image, `runtime.engine.media.vision`)."""
     if not name.startswith(VARIANT_FOLDER) or ".so" not in name:
         return False
     base = name[len(VARIANT_FOLDER) :]
@@ -185,7 +185,7 @@ def _later(name: str, tops: set[str]) -> bool:
 def _extract(zf: zipfile.ZipFile, env: Any, root: Path, tops: set[str]) -> Path:
     """Extract site-packages for this Python, as shiv would (same place, same lock, same
     atomic move), but without the compiled modules of the other Pythons the file carries,
-    the CPU variants (`runtime.engine.cpu` takes the one it needs) and the server's packages
+    the CPU variants (`runtime.engine.devices.cpu` takes the one it needs) and the server's packages
     (`_Deferred` extracts those when one is first imported)."""
     import compileall
 

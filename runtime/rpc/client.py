@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from runtime.engine.devices import KINDS
-from runtime.engine.devices import ggml as ggml  # also rpc.ggml(), for the worker and tests
+from runtime.engine.devices.registry import KINDS
+from runtime.engine.devices.registry import (
+    ggml as ggml,  # also rpc.ggml(), for the worker and tests
+)
 from runtime.rpc import lost
 from runtime.rpc.endpoints import MAX_SERVERS, RpcError, format_endpoint
 from runtime.rpc.protocol import CHECK_TIMEOUT, check_endpoint
@@ -47,7 +49,7 @@ _added = lost.ADDED  # endpoint -> its devices, registered once
 
 def rpc_library() -> Path:
     """libggml-rpc.so: beside libllama, or in site-packages/bin with the CPU variants."""
-    from runtime.engine.variants import variant_dirs
+    from runtime.engine.devices.variants import variant_dirs
 
     for directory in variant_dirs():
         path = directory / "libggml-rpc.so"
@@ -140,7 +142,7 @@ class Offload:
         the load (it copies tensor_split, and the device list into the model) but keeps the
         dangling pointers in the model's params: hold this object as long as the model.
         """
-        from runtime.engine import model as engine
+        from runtime.engine.decoding import model as engine
 
         params.devices = ctypes.cast(self.devices, ctypes.c_void_p).value
         params.n_gpu_layers = self.n_gpu_layers

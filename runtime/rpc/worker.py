@@ -109,9 +109,10 @@ def worker_main(argv: Sequence[str]) -> None:
     For tests and `python -c "from runtime.rpc import worker; worker.worker_main([...])"`: one line on
     stderr and exit code 1 for every error, 130 for Ctrl-C.
     """
-    from runtime.engine import cpu, settings
-    from runtime.engine import model as engine
-    from runtime.engine.variants import CpuError
+    from runtime.engine import settings
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu
+    from runtime.engine.devices.variants import CpuError
 
     args = list(argv)
     threads = settings.default_threads()

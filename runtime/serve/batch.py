@@ -6,15 +6,16 @@ llama-server's slots work. A slot keeps the tokens its sequence holds, so a foll
 shares a prefix with an earlier request (a chat's next turn) skips re-reading it.
 
 With speculation, a generating slot's row is [last token, *draft] with logits on every
-position; the slot's own sampler then keeps the draft while it agrees (engine/speculate.py's
-rule) and the rejected positions leave the sequence again, so `cached` stays what it holds.
+position; the slot's own sampler then keeps the draft while it agrees
+(engine/decoding/speculate.py's rule) and the rejected positions leave the sequence again, so
+`cached` stays what it holds.
 
-A prompt with images (engine/vision.py's `Prompt`: an image's tokens are stand-ins keyed by
+A prompt with images (engine/media/vision.py's `Prompt`: an image's tokens are stand-ins keyed by
 its hash) is read a text run at a time in the shared batch, at the prompt's positions; a slot
 whose pending tokens begin with an image decodes it out of band (`vision.decode_image`, its
 own batches), one image per step, so the other slots keep generating between images. Prefix
 reuse keeps whole images only (`Prompt.keep`): a chat that resends an image decodes it once;
-an image another slot saw recently skips the encoder (engine/embeddings.py).
+an image another slot saw recently skips the encoder (engine/media/embeddings.py).
 Such a slot does not speculate (its drafter would propose the stand-ins).
 """
 
@@ -26,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from runtime.chat.stops import StopFilter
-from runtime.engine import logprobs, settings, vision
-from runtime.engine.model import EngineError
-from runtime.engine.speculate import Drafter
+from runtime.engine import settings
+from runtime.engine.decoding import logprobs
+from runtime.engine.decoding.model import EngineError
+from runtime.engine.decoding.speculate import Drafter
+from runtime.engine.media import vision
 from runtime.serve.jobs import Job
 
 

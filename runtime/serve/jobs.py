@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
-    from runtime.engine.model import Sampling
+    from runtime.engine.decoding.model import Sampling
 
 
 def sampling_asked(defaults: Sampling, **given: Any) -> Sampling:

@@ -1,6 +1,6 @@
 """Images in requests, whichever dialect sends them: a data: URL or raw base64, a file:// URL
 under --media-path, an http(s) URL with --allow-remote-media (fetched with a size and a time
-cap); their bytes checked by engine/images.py (magic bytes, bytes, pixels) before anything
+cap); their bytes checked by engine/media/images.py (magic bytes, bytes, pixels) before anything
 decodes them, and the prompt of text and images tokenized by the model's projector. Every
 refusal is a 400 naming the problem; the dialects only say where each image stood."""
 
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from runtime.engine import images, settings
-from runtime.engine.vision import NO_PROJECTOR, Image, VisionError
+from runtime.engine import settings
+from runtime.engine.media import images
+from runtime.engine.media.vision import NO_PROJECTOR, Image, VisionError
 from runtime.serve.errors import APIError
 
 CHUNK = 1 << 16
@@ -153,7 +154,7 @@ def _get(url: str, where: str, param: str, deadline: float, too_slow: APIError) 
 
 
 def tokens(state: Any, text: str, seen: list[Image], param: str) -> list[int]:
-    """`text` tokenized, with `seen` where its markers are (an engine.vision.Prompt then)."""
+    """`text` tokenized, with `seen` where its markers are (an engine.media.vision.Prompt then)."""
     if not seen:
         return list(state.model.tokenize(text))
     if state.vision is None:

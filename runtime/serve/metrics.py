@@ -64,7 +64,7 @@ class Metrics:
 
 
 class _Images:
-    """Images encoded and images reused, as the projector (engine/vision.py's `Vision`, its
+    """Images encoded and images reused, as the projector (engine/media/vision.py's `Vision`, its
     embeddings) and the scheduler count them (read when scraped)."""
 
     def __init__(self, service: Service, vision: Any) -> None:

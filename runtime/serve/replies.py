@@ -176,7 +176,7 @@ async def _next(events: Events, jobs: list[Job], request: Request) -> tuple[int,
 
 
 def _raise(exc: Exception) -> None:
-    from runtime.engine.model import EngineError
+    from runtime.engine.decoding.model import EngineError
 
     if isinstance(exc, Lost):
         raise APIError(503, f"the model cannot run: {exc}", "engine_lost") from None

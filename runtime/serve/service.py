@@ -30,7 +30,9 @@ class Service:
     ) -> None:
         self.model = model
         self.slots = slots
-        self.drafters = drafters  # makes each request's drafter (engine/speculate.py), or None
+        self.drafters = (
+            drafters  # makes each request's drafter (engine/decoding/speculate.py), or None
+        )
         self._jobs: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_waiting)
         self.lost: Optional[str] = None
         from runtime.engine import backend

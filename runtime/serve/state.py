@@ -25,7 +25,7 @@ class ServerState:
     reasoning_format: str = "deepseek"  # or "none": <think> stays in the content
     metrics: Any = None  # serve.metrics.Metrics
     cors_origins: tuple[str, ...] = ()  # --cors-origin: origins allowed besides local pages
-    vision: Any = None  # engine.vision.Vision, where the model has a projector
+    vision: Any = None  # engine.media.vision.Vision, where the model has a projector
     media: Any = None  # serve.media.Policy: where image URLs may point (None: data and base64)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from runtime.chat import templates
-from runtime.engine import facts
+from runtime.engine.decoding import facts
 
 VERSION = "0.12.0"  # the Ollama API release whose shapes this dialect follows (/api/version)
 NEVER = "2318-01-01T00:00:00Z"  # expires_at of a model that stays loaded (keep_alive -1)

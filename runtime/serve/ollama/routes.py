@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from runtime.chat import reasoning, templates, tools
-from runtime.engine import facts, grammar
+from runtime.engine.decoding import facts, grammar
 from runtime.serve import media, replies
 from runtime.serve.errors import APIError
 from runtime.serve.jobs import Job, sampling_asked

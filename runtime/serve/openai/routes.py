@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from runtime.chat import templates, tools
-from runtime.engine import grammar
-from runtime.engine.logprobs import MAX_TOP
+from runtime.engine.decoding import grammar
+from runtime.engine.decoding.logprobs import MAX_TOP
 from runtime.serve import choices, media, replies
 from runtime.serve.errors import APIError
 from runtime.serve.jobs import Job, sampling_asked

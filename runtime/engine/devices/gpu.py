@@ -2,7 +2,7 @@
 (`--gpu`, `--device`, `--main-gpu`, `--split-mode`, `-ngl`), and the one line that says so.
 
 A backend is loaded only when it can have a device (the Vulkan loader, an NVIDIA driver), and
-only after its devices passed their self-test (`runtime.engine.gpu_selftest`) in a child:
+only after its devices passed their self-test (`runtime.engine.devices.gpu_selftest`) in a child:
 a driver that crashes or computes wrong numbers costs a line, never the run.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from runtime.engine import devices, offload
-from runtime.engine.devices import Device
-from runtime.engine.variants import extracted, loadable, native
+from runtime.engine.devices import offload, registry
+from runtime.engine.devices.registry import Device
+from runtime.engine.devices.variants import extracted, loadable, native
 from runtime.sources.source import ModelSource
 
 BACKENDS = {"Vulkan": "libggml-vulkan.so", "CUDA": "libggml-cuda.so"}
@@ -90,7 +90,7 @@ def _loader_missing(backend: str) -> Optional[str]:
 def load(backend: str, path: Path, keep_on_disk: bool) -> list[Device]:
     """Register `backend` from `path` and return its GPU devices. Still packed in the .pyz it
     is loaded from memory, unless `keep_on_disk` (a device will use it: extract it once)."""
-    from runtime.engine.variants import CpuError
+    from runtime.engine.devices.variants import CpuError
 
     try:
         if backend == "CUDA":
@@ -104,10 +104,10 @@ def load(backend: str, path: Path, keep_on_disk: bool) -> list[Device]:
     from runtime.engine.backend import _stderr_captured
 
     with _stderr_captured() as said:  # ggml-vulkan writes some of its reasons to stderr
-        reg = devices.load_backend(Path(where))
+        reg = registry.load_backend(Path(where))
     notes = [line for line in said() if "warning: device type is cpu" not in line.lower()]
     _notes[backend] = notes[-1] if notes else ""
-    return devices.of_backend(reg) if reg else []
+    return registry.of_backend(reg) if reg else []
 
 
 _notes: dict[str, str] = {}  # backend -> the last line it wrote while loading

@@ -96,7 +96,7 @@ class Kept:
 
 
 class Paced:
-    """A drafter (engine/speculate.py's protocol) under a policy that drafts only what pays
+    """A drafter (engine/decoding/speculate.py's protocol) under a policy that drafts only what pays
     by the measured costs; `clock` is time.perf_counter (a test gives its own)."""
 
     def __init__(

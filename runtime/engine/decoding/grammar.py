@@ -17,7 +17,7 @@ class GrammarError(Exception):
 
 
 def _converter() -> Any:
-    from runtime.engine.model import bindings
+    from runtime.engine.decoding.model import bindings
 
     bindings()  # installs the llama_cpp package without running its numpy-importing __init__
     return importlib.import_module("llama_cpp.llama_grammar")

@@ -1,5 +1,5 @@
 """Where the CPU backend variants lie: extracted beside llama.cpp's libraries, or still packed
-in the .pyz (a first start extracts only the one it chooses, `runtime.engine.cpu`)."""
+in the .pyz (a first start extracts only the one it chooses, `runtime.engine.devices.cpu`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class CpuError(Exception):
 
 def variant_dirs() -> list[Path]:
     """Where the variant libraries may lie: beside libllama, or in site-packages/bin."""
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
 
     lib = engine.lib_dir()
     return [lib, lib.parent.parent / "bin"]

@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 from runtime.engine import backend, settings
 from runtime.engine.backend import EngineError, bindings, forget_log, last_log_error, lib_dir
-from runtime.engine.embeddings import Embeddings
-from runtime.engine.images import Checked
+from runtime.engine.media.embeddings import Embeddings
+from runtime.engine.media.images import Checked
 from runtime.sources.source import ModelSource
 
 NO_PROJECTOR = "this model has no vision projector; pack it with --mmproj or pass --mmproj"
@@ -41,7 +41,7 @@ def mtmd() -> Any:
     keeps libmtmd beside the CPU variants until the first image, which extracts it."""
     bindings()
     if "llama_cpp.mtmd_cpp" not in sys.modules and not (lib_dir() / "libmtmd.so").exists():
-        from runtime.engine import variants
+        from runtime.engine.devices import variants
 
         carried = variants.native("libmtmd.so")
         if carried is None:
@@ -285,7 +285,7 @@ def prefill(llm: Any, prompt: Prompt, cached: list[int], seq: int) -> list[int]:
 
 def decode_image(llm: Any, prompt: Prompt, index: int, seq: int) -> int:
     """Encode the image whose tokens start at `index` of `prompt` (or take its kept
-    embeddings: engine/embeddings.py) and decode it into sequence `seq` at its positions, out
+    embeddings: engine/media/embeddings.py) and decode it into sequence `seq` at its positions, out
     of band (its own batches; non-causal attention where the model wants it); the number of
     its tokens, 0 where no image starts there. The seam for the
     server's scheduler: a slot whose pending tokens begin with an image calls it, then goes on
@@ -330,7 +330,7 @@ def _decode_text(llm: Any, tokens: list[int], pos: int, seq: int) -> None:
 
 def read_images(paths: tuple[str, ...]) -> list[Image]:
     """`--image` files, each checked (format, bytes, pixels) before anything decodes it."""
-    from runtime.engine import images
+    from runtime.engine.media import images
 
     try:
         return [Image(p, images.read(p)) for p in paths]

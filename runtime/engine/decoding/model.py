@@ -79,7 +79,7 @@ class Model:
         self._model: Any = None
         self._ctx: Any = None
         self._embed_ctx: Any = None
-        self.draft: Any = None  # engine.draft.DraftModel that drafts for this model, closed with it
+        self.draft: Any = None  # draft.DraftModel that drafts for this model, closed with it
         self.source = source
 
         params = C.llama_model_default_params()
@@ -149,7 +149,7 @@ class Model:
         self.produced = 0  # tokens the last generate() made
         self.finish_reason = "stop"  # why it ended: "stop" (end of text) or "length"
         self._n_threads = n_threads
-        self.speculation: Any = None  # engine.speculate.Speculation: generate() drafts with it
+        self.speculation: Any = None  # speculate.Speculation: generate() drafts with it
         self.gpu_devices: list[Any] = []  # where its layers went: the vision projector goes too
 
     def meta(self, key: str) -> Optional[str]:
@@ -301,9 +301,9 @@ class Model:
             raise EngineError(
                 f"the prompt is {len(prompt)} tokens, longer than the context of {self.n_ctx} (raise -c)"
             )
-        prefill = getattr(prompt, "prefill", None)  # engine.vision.Prompt: text and images
+        prefill = getattr(prompt, "prefill", None)  # engine.media.vision.Prompt: text and images
         if self.speculation is not None and prefill is None:
-            from runtime.engine import speculate
+            from runtime.engine.decoding import speculate
 
             yield from speculate.generate(self, prompt, n_predict, sampling, self.speculation)
             return

@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from runtime.engine import selftest_model
-from runtime.engine.cpuinfo import cpu_fingerprint
-from runtime.engine.forked import run_forked, single_threaded
-from runtime.engine.variants import CpuError, available, extracted, load, size
+from runtime.engine.devices import selftest_model
+from runtime.engine.devices.cpuinfo import cpu_fingerprint
+from runtime.engine.devices.forked import run_forked, single_threaded
+from runtime.engine.devices.variants import CpuError, available, extracted, load, size
 from runtime.file.boot import cache_dir
 from runtime.file.jsonfile import write_atomic
 
 PROBE_TIMEOUT = 120
 PROBE_CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from runtime.engine.cpu import probe_main; probe_main(sys.argv[2:])"
+    "from runtime.engine.devices.cpu import probe_main; probe_main(sys.argv[2:])"
 )
 CHOICE_FORMAT = 1
 
@@ -54,7 +54,7 @@ def _signal_name(code: int) -> str:
 
 
 def _site_dir() -> str:
-    return str(Path(__file__).resolve().parents[2])  # runtime/engine/cpu.py
+    return str(Path(__file__).resolve().parents[3])  # the folder that holds runtime/
 
 
 def score(path: Path) -> int:
@@ -65,7 +65,7 @@ def score(path: Path) -> int:
     """
     import ctypes
 
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
 
     engine.bindings()  # loads libggml-base, which the variants link to
     try:
@@ -249,7 +249,7 @@ def probe_main(args: list[str]) -> None:
 
 def _self_test(variant: Path, model: Path) -> int:
     """In the child: load one variant and run the self-test model; write ok to fd 1."""
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
     from runtime.sources.source import ModelSource
 
     engine.set_verbose(False)

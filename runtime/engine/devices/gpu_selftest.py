@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from runtime.engine import devices
-from runtime.engine.forked import run_forked, single_threaded
+from runtime.engine.devices import registry
+from runtime.engine.devices.forked import run_forked, single_threaded
 from runtime.file.boot import cache_dir
 from runtime.file.jsonfile import write_atomic
 
@@ -31,7 +31,7 @@ MIN_AGREEMENT = 0.75
 PROMPT = "the quick brown fox jumps over the lazy dog and then runs far away"
 CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from runtime.engine.gpu_selftest import child_main; child_main(sys.argv[2:])"
+    "from runtime.engine.devices.gpu_selftest import child_main; child_main(sys.argv[2:])"
 )
 FORMAT = 2
 
@@ -56,8 +56,8 @@ def compare(reference: list[list[float]], other: list[list[float]]) -> tuple[flo
 
 def _driver_fingerprint(backend: str, library: Path) -> str:
     """What a verdict depends on: the backend library, the driver files, the visible devices."""
-    from runtime.engine.gpu import visible_env
-    from runtime.engine.variants import size
+    from runtime.engine.devices.gpu import visible_env
+    from runtime.engine.devices.variants import size
 
     h = hashlib.sha256(f"{FORMAT} {backend} {size(library)} {visible_env()}".encode())
     icds = sorted(
@@ -77,7 +77,7 @@ def _driver_fingerprint(backend: str, library: Path) -> str:
 def verdicts(cpu_variant: Optional[Path]) -> dict[str, dict[str, str]]:
     """Backend -> device name -> "ok" or why it was refused ("*": the whole backend), for
     the backends this file carries that can have a device here; tested once, remembered."""
-    from runtime.engine import gpu
+    from runtime.engine.devices import gpu
 
     found: dict[str, dict[str, str]] = {}
     memo_path = cache_dir() / "gpu-selftest.json"
@@ -103,11 +103,11 @@ def verdicts(cpu_variant: Optional[Path]) -> dict[str, dict[str, str]]:
 
 
 def _site_dir() -> str:
-    return str(Path(__file__).resolve().parents[2])  # runtime/engine/gpu_selftest.py
+    return str(Path(__file__).resolve().parents[3])  # the folder that holds runtime/
 
 
 def _run_child(backend: str, cpu_variant: Optional[Path]) -> dict[str, str]:
-    from runtime.engine import selftest_model
+    from runtime.engine.devices import selftest_model
 
     model = cache_dir() / "selftest-v1.gguf"
     if not model.exists():
@@ -152,7 +152,7 @@ def _forkable() -> bool:
     (a first start's usual case: no new Python to start, nothing to import again)."""
     from runtime.engine.backend import backend_started
 
-    return backend_started() and not devices.loaded() and single_threaded()
+    return backend_started() and not registry.loaded() and single_threaded()
 
 
 def _spawned(backend: str, cpu_variant: Optional[Path], model: Path) -> tuple[str, Optional[int]]:
@@ -173,7 +173,7 @@ def _spawned(backend: str, cpu_variant: Optional[Path], model: Path) -> tuple[st
 
 def child_main(args: list[str]) -> None:
     """A new Python's child: load the CPU variant, then test the backend's devices."""
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
 
     backend, variant, model, pyz = args[0], args[1], Path(args[2]), args[3]
     if pyz:  # the packed libraries are read from the .pyz, as in the parent
@@ -190,8 +190,8 @@ def child_main(args: list[str]) -> None:
 def _test_devices(backend: str, model: Path) -> int:
     """In the child: load the backend, test each of its GPU devices, say so on stdout
     (`testing NAME`, `verdict NAME ok|refused: why`, `done`), and exit."""
-    from runtime.engine import gpu, offload
-    from runtime.engine import model as engine
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import gpu, offload
     from runtime.sources.source import ModelSource
 
     engine.set_verbose(False)

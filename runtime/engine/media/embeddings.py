@@ -2,7 +2,7 @@
 (mtmd_encode_chunk's output), keyed by the sha256 of its bytes that mtmd gives its chunk. The
 same image in another sequence, or in a sequence that has since held another prompt, then skips
 the encoder: only its embeddings are decoded into the sequence. A sequence that still holds the
-image needs neither (the prefix cache, engine/vision.py's `Prompt.keep`).
+image needs neither (the prefix cache, engine/media/vision.py's `Prompt.keep`).
 
 The least recently used go first once the kept embeddings pass `capacity` bytes
 (settings.IMAGE_EMBED_CACHE_BYTES); an image larger than that is not kept. Used from the one

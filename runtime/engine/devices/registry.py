@@ -37,7 +37,7 @@ class _Ggml:
     """libggml (the registry) and libggml-base (devices, abort), with the signatures we call."""
 
     def __init__(self) -> None:
-        from runtime.engine import model as engine
+        from runtime.engine.decoding import model as engine
 
         engine.bindings()
         reg = ctypes.CDLL(str(engine.ggml_library()))

@@ -57,7 +57,7 @@ class NgramDrafter:
     ) -> None:
         self.n_max = max(1, n_max)
         self.n_min = n_min
-        # False: alone in a batch, a policy above it (engine/pace.py) decides when to draft
+        # False: alone in a batch, a policy above it (engine/decoding/pace.py) decides when to draft
         self.pauses = pauses
         self._busy = False  # the last draft was proposed beside other generating sequences
         self.length = min(settings.SPEC_DRAFT_START, self.n_max)
@@ -166,9 +166,9 @@ def drafters(
 ) -> Optional[Callable[[int], Drafter]]:
     """What makes sequence N's drafter under these flags (`draft`: a draft.DraftModel or
     None), or None: no speculation. Each drafts only what its measured costs pay for
-    (engine/pace.py), the costs shared by the sequences."""
-    from runtime.engine.draft import Either, ModelDrafter
-    from runtime.engine.pace import Paced, StepCosts
+    (engine/decoding/pace.py), the costs shared by the sequences."""
+    from runtime.engine.decoding.draft import Either, ModelDrafter
+    from runtime.engine.decoding.pace import Paced, StepCosts
 
     kind = chosen(spec_type, draft is not None)
     if kind == "none":
