@@ -94,8 +94,7 @@ def _writable(root: Path) -> Optional[str]:
     """None when `root` can hold files, else why not."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-"):
-            pass
+        tempfile.NamedTemporaryFile(dir=root, prefix=".probe-").close()
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
@@ -225,10 +224,9 @@ def _extract(zf: zipfile.ZipFile, env: Any, root: Path, tops: set[str]) -> Path:
 def _extract_members(
     zf: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, str]], root: Path
 ) -> None:
-    """Write each member at its path under `root`, on a few threads: zlib and the file system
-    both let go of the GIL, and most of a first start is spent here. Each thread reads through
-    its own ZipFile: in Pythons without the fix of bpo-42369 (Debian 11's 3.9.2) a shared
-    handle tells the position of whichever thread moved it last, and reads come back corrupt."""
+    """Write each member at its path under `root`, on a few threads (zlib and the file system
+    let go of the GIL), each reading through its own ZipFile: without bpo-42369's fix (Debian
+    11's 3.9.2) a shared one tells the position another thread left, and reads come corrupt."""
     import threading
 
     for name in {os.path.dirname(place) for _, place in members}:
@@ -238,35 +236,29 @@ def _extract_members(
     queue = sorted(members, key=lambda m: m[0].file_size)  # largest first, popped from the end
     failed: list[BaseException] = []
 
-    def work(own: zipfile.ZipFile) -> None:
-        while queue and not failed:
-            try:
-                member, place = queue.pop()
-            except IndexError:
-                return
-            try:
-                data = memoryview(own.read(member))
-                mode = (member.external_attr >> 16) & 0o777 or 0o644
-                fd = os.open(root / place, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-                try:
-                    while data:
-                        data = data[os.write(fd, data) :]
-                finally:
-                    os.close(fd)
-            except BaseException as exc:  # raised again below, on the calling thread
-                failed.append(exc)
-
-    def worker() -> None:
+    def work() -> None:
         try:
             with zipfile.ZipFile(zf.filename or "") as own:
-                work(own)
-        except BaseException as exc:
+                while not failed:
+                    try:
+                        member, place = queue.pop()
+                    except IndexError:  # the other threads took the last ones
+                        break
+                    data = memoryview(own.read(member))
+                    mode = (member.external_attr >> 16) & 0o777 or 0o644
+                    fd = os.open(root / place, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+                    try:
+                        while data:
+                            data = data[os.write(fd, data) :]
+                    finally:
+                        os.close(fd)
+        except BaseException as exc:  # raised again below, on the calling thread
             failed.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(min(4, os.cpu_count() or 1) - 1)]
+    threads = [threading.Thread(target=work) for _ in range(min(4, os.cpu_count() or 1) - 1)]
     for thread in threads:
         thread.start()
-    work(zf)
+    work()
     for thread in threads:
         thread.join()
     if failed:
