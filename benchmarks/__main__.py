@@ -76,6 +76,11 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         help="Only the speed rows: pp512 and tg128 against llama-bench, and arm64 under qemu.",
     )
     p.add_argument(
+        "--arches-only",
+        action="store_true",
+        help="Only what carrying arm64 costs the x86-64 side: its file's size and its starts.",
+    )
+    p.add_argument(
         "--only",
         help="With --spec-only, only these rows, comma-separated: workloads (code edit, "
         "free-form, ...), mixed (4 clients), seeded (code edit at temp 0.8), draft (-md).",
@@ -212,6 +217,8 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     loaded = rows_speed.check_variant(ctx, peers, setup) if peers else None
     if args.spec_only:
         return Measured(rows_spec.spec_rows(ctx, setup, peers, args.only), setup, peers, loaded)
+    if args.arches_only:
+        return Measured(rows_arches.arch_rows(ctx, setup), setup, peers, loaded)
     if args.speed_only:
         rows = rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
         rows += rows_arm64.arm64_rows(ctx, setup.pyz, setup.model, setup.threads, args.quick)
