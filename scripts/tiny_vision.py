@@ -140,10 +140,14 @@ def image_bytes(kind: str, width: int = 40, height: int = 30, seed: int = 1) -> 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tiny_vision.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="tiny_vision.py",
+        description="Write a random-weight vision projector for MODEL: its answers are noise, "
+        "but every path an image takes runs.",
+    )
     p.add_argument("model", type=Path, help="The text model whose embedding width it matches.")
     p.add_argument("output", type=Path, help="Where to write the projector GGUF.")
-    p.add_argument("--kind", choices=KINDS, default="gemma3")
+    p.add_argument("--kind", choices=KINDS, default="gemma3", help="Default: gemma3.")
     p.add_argument("--image", type=int, default=224, help="Image side in pixels (default 224).")
     p.add_argument("--patch", type=int, default=14, help="Patch side in pixels (default 14).")
     args = p.parse_args(argv)
