@@ -12,10 +12,11 @@ the sides take turns going first.
   the first chunk that carries text (or ends the reply, where its first token is its end), as a
   client sees it: the upload, decoding the PNG, encoding the image, reading its tokens, a step.
 - Text beside images: three clients each stream up to TEXT_TOKENS tokens of a text prompt while
-  a fourth sends one fresh picture after another (each once the last is answered) until they are
-  done; the rate is the text clients' tokens (`usage.completion_tokens`) over the time until
-  the last of them ended. Both servers encode an image in the loop that steps the other slots,
-  so the images answered meanwhile (in the JSON) weigh on the rate.
+  a fourth sends a fresh picture every IMAGE_EVERY_S seconds (or once the last is answered, if
+  that took longer) until they are done; the rate is the text clients' tokens
+  (`usage.completion_tokens`) over the time until the last of them ended. Both servers encode
+  and decode an image in the loop that steps the other slots, so the text waits meanwhile: a
+  server quicker with images leaves the text more time.
 - Disk: a first start (empty cache) that answers one --image prompt, against the same without
   --image; the difference is what an image costs a first start. The projector is handed to mtmd
   through a memfd; the row holds that difference to less than the projector's size, and names
@@ -59,7 +60,10 @@ TEXT_TOKENS = 64  # each text client's; 16 in a smoke run
 TEXT_CLIENTS = 3
 IMAGE_TEXT = "What is in this picture?"
 TEXT_PROMPT = "Tell me a long story about a lighthouse keeper and a storm at sea."
-POOL = 48  # pictures ready for the image client of one run; it sends no more than these
+# The image client's pace, the same for both servers, so that the one quicker with images is
+# not sent more of them; 0.5 s in a smoke run.
+IMAGE_EVERY_S = 2.0
+POOL = 32  # pictures ready for the image client of one run; it sends no more than these
 PEER_NAME = "llama-server --mmproj"
 # "At least 0.95 of llama-server's speed": a time at most 1 / 0.95 of its.
 GOAL_FIRST = Goal("<=", 1.053, on_ratio=True)
@@ -138,8 +142,9 @@ class Mixed:
     ran_out: bool  # the image client had sent every picture prepared for the run
 
 
-def _mixed_run(server: Server, text: bytes, pictures: list[bytes]) -> Mixed:
-    """The text clients and the image client start together; the image client stops sending
+def _mixed_run(server: Server, text: bytes, pictures: list[bytes], period: float) -> Mixed:
+    """The text clients and the image client start together; the image client sends a picture
+    every `period` seconds (or as soon as the last is answered, if that took longer) and stops
     once the text clients are done (its last reply is awaited, not counted)."""
     barrier = threading.Barrier(TEXT_CLIENTS + 2)
     done = threading.Event()
@@ -156,9 +161,10 @@ def _mixed_run(server: Server, text: bytes, pictures: list[bytes]) -> Mixed:
 
     def image_client() -> None:
         barrier.wait()
+        began = time.perf_counter()
         try:
-            for body in pictures:
-                if done.is_set():
+            for k, body in enumerate(pictures):
+                if done.wait(max(0.0, began + k * period - time.perf_counter())):
                     return
                 reply = stream_chat(server, body)
                 if not done.is_set():
@@ -184,8 +190,14 @@ def _mixed_run(server: Server, text: bytes, pictures: list[bytes]) -> Mixed:
 
 
 def _mixed(
-    ctx: Context, servers: dict[str, Server], pictures: Pictures, prompt: str, tokens: int
+    ctx: Context,
+    servers: dict[str, Server],
+    pictures: Pictures,
+    prompt: str,
+    load: tuple[int, float],
 ) -> dict[str, list[Mixed]]:
+    """`load`: each text client's tokens, and the seconds between the image client's sends."""
+    tokens, period = load
     runs = min(ctx.reps, MAX_RUNS)
     done: dict[str, list[Mixed]] = {side: [] for side in servers}
     for rep in range(runs):
@@ -199,7 +211,7 @@ def _mixed(
         }
         ctx.quiet()
         for side in _order(rep, servers):
-            done[side].append(_mixed_run(servers[side], *bodies[side]))
+            done[side].append(_mixed_run(servers[side], *bodies[side], period))
         line = ", ".join(
             f"{side} {sum(m[-1].tokens) / m[-1].wall_s:.1f} tok/s ({len(m[-1].images)} images)"
             for side, m in done.items()
@@ -289,7 +301,7 @@ def _server_rows(
     servers: dict[str, Server],
     firsts: Firsts,
     mixed: dict[str, list[Mixed]],
-    text_tokens: int,
+    load: tuple[int, float],
 ) -> list[Row]:
     skipped = None if "peer" in servers else ONE_SIDED
     common: dict[str, Any] = {
@@ -335,7 +347,8 @@ def _server_rows(
             skipped=skipped,
             extra={
                 **common,
-                "max_tokens": text_tokens,
+                "max_tokens": load[0],
+                "image_every_s": load[1],
                 **{
                     f"{'llamapyz' if side == 'ours' else 'peer'}_{what}": [
                         getattr(m, what) for m in runs
@@ -354,7 +367,7 @@ def vision_rows(
     """The image prompt's first token and text clients beside images, against llama-server
     --mmproj (llamapyz's side alone when the peers are not built), and a first start's disk."""
     pair = make_pair(ctx, setup.model, QUICK_SHAPE if quick else SHAPE)
-    text_tokens = 16 if quick else TEXT_TOKENS
+    load = (16, 0.5) if quick else (TEXT_TOKENS, IMAGE_EVERY_S)
     ctx.log(f"vision rows: {pair.describe()}")
     pictures = Pictures(pair.shape.image)
     servers = _servers(ctx, setup, pair, peers)
@@ -367,10 +380,10 @@ def vision_rows(
         ctx.log(f"image prompt, time to first token ({ctx.reps} runs) ...")
         firsts = _first_tokens(ctx, servers, pictures)
         ctx.log(f"{TEXT_CLIENTS} text clients while a 4th sends images ...")
-        mixed = _mixed(ctx, servers, pictures, prompt or TEXT_PROMPT, text_tokens)
+        mixed = _mixed(ctx, servers, pictures, prompt or TEXT_PROMPT, load)
     finally:
         for server in servers.values():
             server.stop()
-    rows = _server_rows(pair, servers, firsts, mixed, text_tokens)
+    rows = _server_rows(pair, servers, firsts, mixed, load)
     rows.append(_disk_row(ctx, pair, pictures.fresh(), min(ctx.reps, MAX_RUNS)))
     return rows
