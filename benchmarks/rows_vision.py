@@ -56,7 +56,7 @@ from benchmarks.vision_pair import (
 SLOTS = 4
 CTX = 8192
 FIRST_TOKENS = 4
-TEXT_TOKENS = 64  # each text client's; 16 in a smoke run
+TEXT_TOKENS = 128  # each text client's; 16 in a smoke run
 TEXT_CLIENTS = 3
 IMAGE_TEXT = "What is in this picture?"
 TEXT_PROMPT = "Tell me a long story about a lighthouse keeper and a storm at sea."
