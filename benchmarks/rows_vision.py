@@ -12,11 +12,13 @@ the sides take turns going first.
   the first chunk that carries text (or ends the reply, where its first token is its end), as a
   client sees it: the upload, decoding the PNG, encoding the image, reading its tokens, a step.
 - Text beside images: three clients each stream up to TEXT_TOKENS tokens of a text prompt while
-  a fourth sends a fresh picture every IMAGE_EVERY_S seconds (or once the last is answered, if
-  that took longer) until they are done; the rate is the text clients' tokens
-  (`usage.completion_tokens`) over the time until the last of them ended. Both servers encode
-  and decode an image in the loop that steps the other slots, so the text waits meanwhile: a
-  server quicker with images leaves the text more time.
+  a fourth sends IMAGES_PER_RUN fresh pictures, one at the start and the next each time the
+  text clients got another share of their text (by characters; or once the last picture is
+  answered, if later); the
+  rate is the text clients' tokens (`usage.completion_tokens`) over the time until the last of
+  them ended. Both servers encode and decode an image in the loop that steps the other slots,
+  so the text waits meanwhile; both do the same work, and the quicker with images and with
+  the text between them wins.
 - Disk: a first start (empty cache) that answers one --image prompt, against the same without
   --image; the difference is what an image costs a first start. The projector is handed to mtmd
   through a memfd; the row holds that difference to less than the projector's size, and names
@@ -60,10 +62,9 @@ TEXT_TOKENS = 128  # each text client's; 16 in a smoke run
 TEXT_CLIENTS = 3
 IMAGE_TEXT = "What is in this picture?"
 TEXT_PROMPT = "Tell me a long story about a lighthouse keeper and a storm at sea."
-# The image client's pace, the same for both servers, so that the one quicker with images is
-# not sent more of them; 0.5 s in a smoke run.
-IMAGE_EVERY_S = 2.0
-POOL = 32  # pictures ready for the image client of one run; it sends no more than these
+# Pictures the image client sends in a run, spread over the text clients' tokens: the same
+# work for both servers (sent on a clock, the one slower with images would be sent more of them).
+IMAGES_PER_RUN = 4
 PEER_NAME = "llama-server --mmproj"
 # "At least 0.95 of llama-server's speed": a time at most 1 / 0.95 of its.
 GOAL_FIRST = Goal("<=", 1.053, on_ratio=True)
@@ -137,17 +138,44 @@ class Mixed:
     """One run of three text clients beside an image client."""
 
     tokens: list[int]  # each text client's
+    chunks: list[int]  # each text client's chunks that carried text
     wall_s: float  # until the last text client ended
     images: list[float]  # the image client's times to first token, in that window
-    ran_out: bool  # the image client had sent every picture prepared for the run
 
 
-def _mixed_run(server: Server, text: bytes, pictures: list[bytes], period: float) -> Mixed:
-    """The text clients and the image client start together; the image client sends a picture
-    every `period` seconds (or as soon as the last is answered, if that took longer) and stops
-    once the text clients are done (its last reply is awaited, not counted)."""
+class Progress:
+    """The characters of text the text clients have received, which the image client waits on
+    (characters, not chunks: one server may send two tokens' text in one chunk)."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self.changed = threading.Condition()
+        self.done = False
+
+    def add(self, chars: int) -> None:
+        with self.changed:
+            self.chars += chars
+            self.changed.notify_all()
+
+    def finish(self) -> None:
+        with self.changed:
+            self.done = True
+            self.changed.notify_all()
+
+    def reached(self, chars: int) -> bool:
+        """Wait until the text clients have `chars` in all: False if they ended first."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.done or self.chars >= chars)
+            return not self.done
+
+
+def _mixed_run(server: Server, text: bytes, pictures: list[bytes], every: int) -> Mixed:
+    """The text clients and the image client start together; the image client sends its first
+    picture at once and the next each time the text clients got `every` more characters (or
+    once the last picture is answered, if that took longer), until they are done (a reply that
+    ends after them is awaited, not counted)."""
     barrier = threading.Barrier(TEXT_CLIENTS + 2)
-    done = threading.Event()
+    progress = Progress()
     replies: list[Optional[Streamed]] = [None] * TEXT_CLIENTS
     images: list[float] = []
     errors: list[BaseException] = []
@@ -155,19 +183,18 @@ def _mixed_run(server: Server, text: bytes, pictures: list[bytes], period: float
     def text_client(i: int) -> None:
         barrier.wait()
         try:
-            replies[i] = stream_chat(server, text)
+            replies[i] = stream_chat(server, text, progress.add)
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
 
     def image_client() -> None:
         barrier.wait()
-        began = time.perf_counter()
         try:
             for k, body in enumerate(pictures):
-                if done.wait(max(0.0, began + k * period - time.perf_counter())):
+                if not progress.reached(k * every):
                     return
                 reply = stream_chat(server, body)
-                if not done.is_set():
+                if not progress.done:
                     images.append(reply.first_s)
         except BaseException as exc:
             errors.append(exc)
@@ -181,27 +208,26 @@ def _mixed_run(server: Server, text: bytes, pictures: list[bytes], period: float
     for t in threads[:-1]:
         t.join()
     wall = time.perf_counter() - start
-    done.set()
+    progress.finish()
     threads[-1].join()
     if errors:
         raise errors[0]
-    tokens = [r.tokens for r in replies if r is not None]
-    return Mixed(tokens, wall, images, ran_out=len(images) >= len(pictures))
+    done = [r for r in replies if r is not None]
+    return Mixed([r.tokens for r in done], [r.chunks for r in done], wall, images)
 
 
 def _mixed(
-    ctx: Context,
-    servers: dict[str, Server],
-    pictures: Pictures,
-    prompt: str,
-    load: tuple[int, float],
+    ctx: Context, servers: dict[str, Server], pictures: Pictures, prompt: str, tokens: int
 ) -> dict[str, list[Mixed]]:
-    """`load`: each text client's tokens, and the seconds between the image client's sends."""
-    tokens, period = load
+    """Runs of the text clients (`tokens` each at most) beside IMAGES_PER_RUN pictures, spread
+    by the characters of one untimed reply to the same prompt (temperature 0: both servers
+    write about the same text)."""
     runs = min(ctx.reps, MAX_RUNS)
+    sample = stream_chat(servers["ours"], chat_body(servers["ours"], prompt, tokens))
+    every = max(1, TEXT_CLIENTS * len(sample.text) // IMAGES_PER_RUN)
     done: dict[str, list[Mixed]] = {side: [] for side in servers}
     for rep in range(runs):
-        pool = [pictures.fresh() for _ in range(POOL)]
+        pool = [pictures.fresh() for _ in range(IMAGES_PER_RUN)]
         bodies = {
             s: (
                 chat_body(srv, prompt, tokens),
@@ -211,7 +237,7 @@ def _mixed(
         }
         ctx.quiet()
         for side in _order(rep, servers):
-            done[side].append(_mixed_run(servers[side], *bodies[side], period))
+            done[side].append(_mixed_run(servers[side], *bodies[side], every))
         line = ", ".join(
             f"{side} {sum(m[-1].tokens) / m[-1].wall_s:.1f} tok/s ({len(m[-1].images)} images)"
             for side, m in done.items()
@@ -301,7 +327,7 @@ def _server_rows(
     servers: dict[str, Server],
     firsts: Firsts,
     mixed: dict[str, list[Mixed]],
-    load: tuple[int, float],
+    text_tokens: int,
 ) -> list[Row]:
     skipped = None if "peer" in servers else ONE_SIDED
     common: dict[str, Any] = {
@@ -347,14 +373,14 @@ def _server_rows(
             skipped=skipped,
             extra={
                 **common,
-                "max_tokens": load[0],
-                "image_every_s": load[1],
+                "max_tokens": text_tokens,
+                "images_per_run": IMAGES_PER_RUN,
                 **{
                     f"{'llamapyz' if side == 'ours' else 'peer'}_{what}": [
                         getattr(m, what) for m in runs
                     ]
                     for side, runs in mixed.items()
-                    for what in ("tokens", "wall_s", "images", "ran_out")
+                    for what in ("tokens", "chunks", "wall_s", "images")
                 },
             },
         ),
@@ -367,7 +393,7 @@ def vision_rows(
     """The image prompt's first token and text clients beside images, against llama-server
     --mmproj (llamapyz's side alone when the peers are not built), and a first start's disk."""
     pair = make_pair(ctx, setup.model, QUICK_SHAPE if quick else SHAPE)
-    load = (16, 0.5) if quick else (TEXT_TOKENS, IMAGE_EVERY_S)
+    text_tokens = 16 if quick else TEXT_TOKENS
     ctx.log(f"vision rows: {pair.describe()}")
     pictures = Pictures(pair.shape.image)
     servers = _servers(ctx, setup, pair, peers)
@@ -380,10 +406,10 @@ def vision_rows(
         ctx.log(f"image prompt, time to first token ({ctx.reps} runs) ...")
         firsts = _first_tokens(ctx, servers, pictures)
         ctx.log(f"{TEXT_CLIENTS} text clients while a 4th sends images ...")
-        mixed = _mixed(ctx, servers, pictures, prompt or TEXT_PROMPT, load)
+        mixed = _mixed(ctx, servers, pictures, prompt or TEXT_PROMPT, text_tokens)
     finally:
         for server in servers.values():
             server.stop()
-    rows = _server_rows(pair, servers, firsts, mixed, load)
+    rows = _server_rows(pair, servers, firsts, mixed, text_tokens)
     rows.append(_disk_row(ctx, pair, pictures.fresh(), min(ctx.reps, MAX_RUNS)))
     return rows

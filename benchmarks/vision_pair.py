@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from benchmarks.context import Context, script
 from benchmarks.procs import BenchError, run
@@ -147,10 +147,14 @@ class Streamed:
     text: str
     prompt_tokens: Optional[int]
     prompt_ms: Optional[float]  # the server's own timings, where it reports them
+    chunks: int  # the chunks that carried text
 
 
-def stream_chat(server: Server, body: bytes) -> Streamed:
-    """Send `body`, read the server-sent events to [DONE]; time the first token's chunk."""
+def stream_chat(
+    server: Server, body: bytes, on_text: Optional[Callable[[int], None]] = None
+) -> Streamed:
+    """Send `body`, read the server-sent events to [DONE]; time the first token's chunk.
+    `on_text` is given the length of each chunk's text as it comes."""
     req = urllib.request.Request(
         f"{server.base}/v1/chat/completions", body, {"Content-Type": "application/json"}
     )
@@ -174,6 +178,8 @@ def stream_chat(server: Server, body: bytes) -> Streamed:
                     delta = choice.get("delta") or {}
                     piece = delta.get("content") or delta.get("reasoning_content") or ""
                     text.append(piece)
+                    if piece and on_text is not None:
+                        on_text(len(piece))
                     # A reply whose first token is its end has no text: its last chunk it is.
                     if first is None and (piece or choice.get("finish_reason")):
                         first = time.perf_counter() - start
@@ -194,4 +200,5 @@ def stream_chat(server: Server, body: bytes) -> Streamed:
         "".join(text),
         usage.get("prompt_tokens"),
         timings.get("prompt_ms"),
+        sum(1 for t in text if t),
     )
