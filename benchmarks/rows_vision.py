@@ -19,29 +19,21 @@ the sides take turns going first.
   them ended. Both servers encode and decode an image in the loop that steps the other slots,
   so the text waits meanwhile; both do the same work, and the quicker with images and with
   the text between them wins.
-- Disk: a first start (empty cache) that answers one --image prompt, against the same without
-  --image; the difference is what an image costs a first start. The projector is handed to mtmd
-  through a memfd; the row holds that difference to less than the projector's size, and names
-  the files it is made of (and any file holding the projector's bytes).
+- Disk: what a first start with --image writes beyond one without (rows_start.image_disk_row),
+  with this pair.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shlex
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from benchmarks.context import Context
 from benchmarks.peers import ONE_SIDED, Peers
-from benchmarks.procs import run
 from benchmarks.rows_server import MAX_RUNS, Server, free_port
-from benchmarks.rows_start import PROMPT, Setup
+from benchmarks.rows_start import Setup, image_disk_row
 from benchmarks.table import Goal, Row
 from benchmarks.vision_pair import (
     QUICK_SHAPE,
@@ -69,7 +61,7 @@ PEER_NAME = "llama-server --mmproj"
 # "At least 0.95 of llama-server's speed": a time at most 1 / 0.95 of its.
 GOAL_FIRST = Goal("<=", 1.053, on_ratio=True)
 GOAL_MIXED = Goal(">=", 0.95, on_ratio=True)
-KEYS = ("vision_first_token", "vision_text_beside_images", "first_run_disk_image")
+KEYS = ("vision_first_token", "vision_text_beside_images")
 
 
 def _servers(ctx: Context, setup: Setup, pair: Pair, peers: Optional[Peers]) -> dict[str, Server]:
@@ -252,76 +244,6 @@ def _warm(server: Server, pictures: Pictures, prompt: str) -> None:
     stream_chat(server, chat_body(server, prompt, 1))
 
 
-def _files(root: Path) -> dict[str, int]:
-    """Regular files under `root`, by path relative to it, with their sizes."""
-    found: dict[str, int] = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            path = Path(dirpath, name)
-            if path.is_file() and not path.is_symlink():
-                found[str(path.relative_to(root))] = path.stat().st_size
-    return found
-
-
-def _copies(root: Path, files: dict[str, int], projector: Path) -> list[str]:
-    """The files under `root` that hold the projector's bytes."""
-    size = projector.stat().st_size
-    digest = hashlib.sha256(projector.read_bytes()).hexdigest()
-    return [
-        name
-        for name, n in files.items()
-        if n == size and hashlib.sha256((root / name).read_bytes()).hexdigest() == digest
-    ]
-
-
-def _disk_row(ctx: Context, pair: Pair, png: bytes, runs: int) -> Row:
-    """A first start with --image against the same without, each in an empty cache."""
-    picture = ctx.work / "picture.png"
-    picture.write_bytes(png)
-    plain = [str(pair.pyz), "-p", PROMPT, "-n", "1", "--temp", "0", "-c", "2048"]
-    commands = {"image": [*plain[:1], "--image", str(picture), *plain[1:]], "plain": plain}
-    written: dict[str, list[int]] = {"image": [], "plain": []}
-    kernel: dict[str, list[int]] = {"image": [], "plain": []}
-    listed: dict[str, dict[str, int]] = {}
-    copies: list[str] = []
-    ctx.log(f"first start with --image and without, empty caches ({runs} runs) ...")
-    for rep in range(runs):
-        ctx.quiet()
-        for side in ("image", "plain") if rep % 2 == 0 else ("plain", "image"):
-            os.sync()
-            cache = ctx.work / f"vision-cache-{side}-{rep}"
-            done = run(commands[side], {**ctx.env, "LLAMAPYZ_CACHE": str(cache)})
-            files = _files(cache)
-            written[side].append(sum(files.values()))
-            kernel[side].append(done.written_bytes)
-            if rep == 0:
-                listed[side] = files
-                if side == "image":
-                    copies = _copies(cache, files, pair.projector)
-            shutil.rmtree(cache)
-    extra_bytes = [a - b for a, b in zip(written["image"], written["plain"])]
-    new = {n: s for n, s in listed["image"].items() if listed["plain"].get(n) != s}
-    return Row(
-        key=KEYS[2],
-        name="disk written by a first start with --image, beyond one without, vs the projector",
-        unit="bytes",
-        ours=[float(b) for b in extra_bytes],
-        peer_name="projector",
-        peer=[float(pair.projector.stat().st_size)],
-        goal=Goal("<", 1.0, on_ratio=True),  # the projector is not copied
-        extra={
-            "pair": pair.describe(),
-            "commands": {k: shlex.join(v) for k, v in commands.items()},
-            "written_with_image": written["image"],
-            "written_without_image": written["plain"],
-            "kernel_write_bytes_with_image": kernel["image"],
-            "kernel_write_bytes_without_image": kernel["plain"],
-            "files_only_with_image": new,
-            "projector_copies": copies,
-        },
-    )
-
-
 def _server_rows(
     pair: Pair,
     servers: dict[str, Server],
@@ -411,5 +333,8 @@ def vision_rows(
         for server in servers.values():
             server.stop()
     rows = _server_rows(pair, servers, firsts, mixed, text_tokens)
-    rows.append(_disk_row(ctx, pair, pictures.fresh(), min(ctx.reps, MAX_RUNS)))
+    picture = ctx.work / "picture.png"
+    picture.write_bytes(pictures.fresh())
+    rows.append(image_disk_row(ctx, pair.pyz, pair.projector, picture, min(ctx.reps, MAX_RUNS)))
+    rows[-1].extra["pair"] = pair.describe()
     return rows
