@@ -25,6 +25,7 @@ from benchmarks import (
     rows_spec,
     rows_speed,
     rows_start,
+    rows_vision,
     synthetic,
 )
 from benchmarks.context import REPO, Context, context, env_python3, fetch_script
@@ -57,7 +58,8 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument(
         "--prompt",
         help=f"Prompt for the start rows (default {rows_start.PROMPT!r}), and for the generation "
-        "and server rows (default: a story opening SmolLM2 continues past 128 tokens).",
+        "and server rows (default: a story opening SmolLM2 continues past 128 tokens) and the "
+        "vision rows' text clients.",
     )
     p.add_argument(
         "--peers",
@@ -79,6 +81,12 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         "--arches-only",
         action="store_true",
         help="Only what carrying arm64 costs the x86-64 side: its file's size and its starts.",
+    )
+    p.add_argument(
+        "--vision-only",
+        action="store_true",
+        help="Only the vision rows: an image prompt's first token and text clients beside "
+        "images, against llama-server --mmproj, and a first start's disk with an image.",
     )
     p.add_argument(
         "--only",
@@ -219,6 +227,9 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
         return Measured(rows_spec.spec_rows(ctx, setup, peers, args.only), setup, peers, loaded)
     if args.arches_only:
         return Measured(rows_arches.arch_rows(ctx, setup), setup, peers, loaded)
+    if args.vision_only:
+        rows = rows_vision.vision_rows(ctx, setup, peers, args.prompt or "", args.quick)
+        return Measured(rows, setup, peers, loaded)
     if args.speed_only:
         rows = rows_speed.speed_rows(ctx, setup, peers, args.prompt or "")
         rows += rows_arm64.arm64_rows(ctx, setup.pyz, setup.model, setup.threads, args.quick)
@@ -237,6 +248,7 @@ def measure(args: argparse.Namespace, ctx: Context) -> Measured:
     rows += rows_arm64.arm64_rows(ctx, setup.pyz, setup.model, setup.threads, args.quick)
     rows += rows_server.server_rows(ctx, setup, peers, args.prompt or "")
     rows += rows_ollama.ollama_rows(ctx, setup, args.prompt or GEN_PROMPT)
+    rows += rows_vision.vision_rows(ctx, setup, peers, args.prompt or "", args.quick)
     ctx.log("RPC rows: the model split over 1, 2 and 3 workers on 127.0.0.1 ...")
     rows += rows_rpc.rpc_rows(
         setup.model,
@@ -304,6 +316,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "peers": str(args.peers) if args.peers else None,
             "gpu_only": args.gpu_only,
             "speed_only": args.speed_only,
+            "vision_only": args.vision_only,
             "gpu_backends": list(args.gpu_backends),
             "gpu_lavapipe": args.gpu_lavapipe,
         },

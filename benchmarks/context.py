@@ -39,15 +39,20 @@ class Context:
         return self.gate.wait(self.log)
 
 
-def fetch_script() -> ModuleType:
-    """scripts/fetch_smollm2.py, which owns the dev cache and the SmolLM2 download."""
-    path = REPO / "scripts" / "fetch_smollm2.py"
-    spec = importlib.util.spec_from_file_location("fetch_smollm2", path)
+def script(name: str) -> ModuleType:
+    """scripts/<name>.py, a module the tests import too (scripts/ is no package)."""
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise BenchError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fetch_script() -> ModuleType:
+    """scripts/fetch_smollm2.py, which owns the dev cache and the SmolLM2 download."""
+    return script("fetch_smollm2")
 
 
 def bench_cache() -> Path:

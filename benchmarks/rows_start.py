@@ -1,9 +1,12 @@
 """Start rows: time to the first token of a .pyz (warm, and with an empty cache) against a plain
-llama-cpp-python script on the same GGUF, what the first start writes, and the .pyz's overhead."""
+llama-cpp-python script on the same GGUF, what the first start writes, and the .pyz's overhead;
+and what an image adds to a first start's writes (the vision rows measure it on their pair)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -209,4 +212,74 @@ def _check_row(ctx: Context, setup: Setup, first: Pairs) -> Row:
         peer=_first_byte(first.ours),
         goal=Goal("<=", 0.05, on_ratio=True),
         extra={"tensors": len(check(setup.pyz, weights.offset, weights.size).tensors)},
+    )
+
+
+def _files(root: Path) -> dict[str, int]:
+    """Regular files under `root`, by path relative to it, with their sizes."""
+    found: dict[str, int] = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath, name)
+            if path.is_file() and not path.is_symlink():
+                found[str(path.relative_to(root))] = path.stat().st_size
+    return found
+
+
+def _copies(root: Path, files: dict[str, int], projector: Path) -> list[str]:
+    """The files under `root` that hold the projector's bytes."""
+    size = projector.stat().st_size
+    digest = hashlib.sha256(projector.read_bytes()).hexdigest()
+    return [
+        name
+        for name, n in files.items()
+        if n == size and hashlib.sha256((root / name).read_bytes()).hexdigest() == digest
+    ]
+
+
+def image_disk_row(ctx: Context, pyz: Path, projector: Path, picture: Path, runs: int) -> Row:
+    """What a first start (empty cache) that answers one --image prompt writes beyond the same
+    without --image: what an image costs a first start. The projector is handed to mtmd through
+    a memfd, so the row holds that to less than the projector's size; its JSON names the files
+    (and any that holds the projector's bytes)."""
+    plain = [str(pyz), "-p", PROMPT, "-n", "1", "--temp", "0", "-c", "2048"]
+    commands = {"image": [*plain[:1], "--image", str(picture), *plain[1:]], "plain": plain}
+    written: dict[str, list[int]] = {"image": [], "plain": []}
+    kernel: dict[str, list[int]] = {"image": [], "plain": []}
+    listed: dict[str, dict[str, int]] = {}
+    copies: list[str] = []
+    ctx.log(f"first start with --image and without, empty caches ({runs} runs) ...")
+    for rep in range(runs):
+        ctx.quiet()
+        for side in ("image", "plain") if rep % 2 == 0 else ("plain", "image"):
+            os.sync()
+            cache = ctx.work / f"vision-cache-{side}-{rep}"
+            done = run(commands[side], {**ctx.env, "LLAMAPYZ_CACHE": str(cache)})
+            files = _files(cache)
+            written[side].append(sum(files.values()))
+            kernel[side].append(done.written_bytes)
+            if rep == 0:
+                listed[side] = files
+                if side == "image":
+                    copies = _copies(cache, files, projector)
+            shutil.rmtree(cache)
+    extra_bytes = [a - b for a, b in zip(written["image"], written["plain"])]
+    new = {n: s for n, s in listed["image"].items() if listed["plain"].get(n) != s}
+    return Row(
+        key="first_run_disk_image",
+        name="disk written by a first start with --image, beyond one without, vs the projector",
+        unit="bytes",
+        ours=[float(b) for b in extra_bytes],
+        peer_name="projector",
+        peer=[float(projector.stat().st_size)],
+        goal=Goal("<", 1.0, on_ratio=True),  # the projector is not copied
+        extra={
+            "commands": {k: shlex.join(v) for k, v in commands.items()},
+            "written_with_image": written["image"],
+            "written_without_image": written["plain"],
+            "kernel_write_bytes_with_image": kernel["image"],
+            "kernel_write_bytes_without_image": kernel["plain"],
+            "files_only_with_image": new,
+            "projector_copies": copies,
+        },
     )

@@ -21,6 +21,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_smollm2  # noqa: E402
 
+# The tests' vision pair, shared with the benchmarks; the tests import it from here.
+from tiny_vision import image_bytes, write_tiny_projector  # noqa: E402, F401
+
 from runtime.engine.devices import selftest_model  # noqa: E402
 
 PACK = str(Path(sys.executable).parent / "pack")
@@ -138,115 +141,6 @@ def write_tiny_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-def write_tiny_projector(
-    path: Path,
-    *,
-    width: int = 64,
-    architecture: str = "clip",
-    image: int = 32,
-    patch: int = 8,
-    seed: int = 7,
-    kind: str = "mlp",
-) -> Path:
-    """A small mlp vision projector (LLaVA's shape: a 2-block ViT, of which llava runs the first,
-    and a 2-layer MLP) with random weights, whose output is `width` wide and which makes
-    (image / patch)**2 tokens of an image. The keys, their GGUF types and the tensors are those
-    the vendored tools/mtmd/clip.cpp reads (a wrong type aborts); the real libmtmd loads it.
-    `kind="gemma3"`: gemma3's (SigLIP's ViT, both blocks run, no class embedding; the patches
-    average-pooled 2 x 2, RMS-normed and projected: (image / patch / 2)**2 tokens), whose
-    image tokens the model reads with non-causal attention, between <start_of_image> and
-    <end_of_image> text."""
-    import gguf
-
-    rng = np.random.default_rng(seed)
-    n_embd, n_ff, n_layer = 32, 64, 2
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_name("tiny-projector")
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", kind)
-    if kind == "gemma3":
-        writer.add_uint32("clip.vision.projector.scale_factor", 2)
-    writer.add_uint32("clip.vision.image_size", image)
-    writer.add_uint32("clip.vision.patch_size", patch)
-    writer.add_uint32("clip.vision.embedding_length", n_embd)
-    writer.add_uint32("clip.vision.feed_forward_length", n_ff)
-    writer.add_uint32("clip.vision.block_count", n_layer)
-    writer.add_uint32("clip.vision.attention.head_count", 2)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
-    writer.add_uint32("clip.vision.projection_dim", width)
-    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
-    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    writer.add_bool("clip.use_gelu", True)
-
-    def weight(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
-
-    n_patches = (image // patch) ** 2
-    mlp = kind == "mlp"
-    writer.add_tensor("v.patch_embd.weight", weight(n_embd, 3, patch, patch).astype(np.float16))
-    writer.add_tensor("v.position_embd.weight", weight(n_patches + mlp, n_embd))
-    if mlp:
-        writer.add_tensor("v.class_embd", weight(n_embd))
-    for i in range(n_layer):  # llava runs all but the last: the first block is a real ViT layer
-        b = f"v.blk.{i}."
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(b + name + ".weight", weight(n_embd, n_embd))
-            writer.add_tensor(b + name + ".bias", weight(n_embd))
-        for name in ("ln1", "ln2"):
-            writer.add_tensor(b + name + ".weight", np.ones(n_embd, dtype=np.float32))
-            writer.add_tensor(b + name + ".bias", np.zeros(n_embd, dtype=np.float32))
-        writer.add_tensor(b + "ffn_up.weight", weight(n_ff, n_embd))
-        writer.add_tensor(b + "ffn_up.bias", weight(n_ff))
-        writer.add_tensor(b + "ffn_down.weight", weight(n_embd, n_ff))
-        writer.add_tensor(b + "ffn_down.bias", weight(n_embd))
-    ln = "pre_ln" if mlp else "post_ln"
-    writer.add_tensor(f"v.{ln}.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor(f"v.{ln}.bias", np.zeros(n_embd, dtype=np.float32))
-    if mlp:
-        writer.add_tensor("mm.0.weight", weight(width, n_embd))
-        writer.add_tensor("mm.0.bias", weight(width))
-        writer.add_tensor("mm.2.weight", weight(width, width))
-        writer.add_tensor("mm.2.bias", weight(width))
-    else:
-        writer.add_tensor("mm.soft_emb_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor("mm.input_projection.weight", weight(n_embd, width))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def image_bytes(kind: str, width: int = 40, height: int = 30, seed: int = 1) -> bytes:
-    """A picture of random pixels, written in pure Python: "ppm", "bmp" or "png" (zlib)."""
-    import random
-    import struct
-    import zlib
-
-    rng = random.Random(seed)
-    rows = [bytes(rng.randrange(256) for _ in range(width * 3)) for _ in range(height)]
-    if kind == "ppm":
-        return b"P6\n# a comment\n%d %d\n255\n" % (width, height) + b"".join(rows)
-    if kind == "bmp":  # bottom-up rows of BGR, each padded to 4 bytes
-        pad = b"\0" * (-width * 3 % 4)
-        pixels = b"".join(
-            bytes(r[i : i + 3][::-1]) for r in reversed(rows) for i in range(0, width * 3, 3)
-        )
-        stride = width * 3
-        body = b"".join(pixels[y * stride : (y + 1) * stride] + pad for y in range(height))
-        info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(body), 2835, 2835, 0, 0)
-        return b"BM" + struct.pack("<IHHI", 14 + 40 + len(body), 0, 0, 54) + info + body
-    assert kind == "png"
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    raw = b"".join(b"\0" + r for r in rows)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
-    return png + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="session")
