@@ -15,7 +15,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-KINDS = ("mlp", "gemma3")
+KINDS = ("mlp", "gemma3", "qwen2vl")
+# the projector_type each kind writes (clip-impl.h's names)
+PROJECTOR_TYPES = {"mlp": "mlp", "gemma3": "gemma3", "qwen2vl": "qwen2vl_merger"}
 
 
 def write_tiny_projector(
@@ -40,7 +42,13 @@ def write_tiny_projector(
     `kind="gemma3"`: gemma3's (SigLIP's ViT, all its blocks run, no class embedding; the patches
     average-pooled `merge` x `merge` (2 or 4), RMS-normed and projected: (image / patch /
     merge)**2 tokens), whose image tokens the model reads with non-causal attention, between
-    <start_of_image> and <end_of_image> text. The `vit_*` sizes set the encoder's work."""
+    <start_of_image> and <end_of_image> text. `kind="qwen2vl"`: Qwen2-VL's (no position
+    embeddings: its ViT ropes each patch by row and column; two patch convolutions, one per
+    frame of a video, both over a still image; each 2 x 2 patches merged by an MLP), which
+    resizes an image to a multiple of 2 `patch` keeping its shape and makes one token per 2 x 2
+    patches, between <|vision_start|> and <|vision_end|> text; beside a model with M-RoPE
+    (`rope.dimension_sections`) its tokens take max(columns, rows) positions, not one each.
+    The `vit_*` sizes set the encoder's work."""
     import gguf
     import numpy as np
 
@@ -49,7 +57,7 @@ def write_tiny_projector(
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name("tiny-projector")
     writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", kind)
+    writer.add_string("clip.projector_type", PROJECTOR_TYPES[kind])
     if kind == "gemma3":
         writer.add_uint32("clip.vision.projector.scale_factor", merge)
     writer.add_uint32("clip.vision.image_size", image)
@@ -68,9 +76,14 @@ def write_tiny_projector(
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
     n_patches = (image // patch) ** 2
-    mlp = kind == "mlp"
+    mlp, qwen = kind == "mlp", kind == "qwen2vl"
     writer.add_tensor("v.patch_embd.weight", weight(n_embd, 3, patch, patch).astype(np.float16))
-    writer.add_tensor("v.position_embd.weight", weight(n_patches + mlp, n_embd))
+    if qwen:
+        writer.add_tensor(
+            "v.patch_embd.weight.1", weight(n_embd, 3, patch, patch).astype(np.float16)
+        )
+    else:
+        writer.add_tensor("v.position_embd.weight", weight(n_patches + mlp, n_embd))
     if mlp:
         writer.add_tensor("v.class_embd", weight(n_embd))
     for i in range(n_layer):  # llava runs all but the last: the first block is a real ViT layer
@@ -88,7 +101,12 @@ def write_tiny_projector(
     ln = "pre_ln" if mlp else "post_ln"
     writer.add_tensor(f"v.{ln}.weight", np.ones(n_embd, dtype=np.float32))
     writer.add_tensor(f"v.{ln}.bias", np.zeros(n_embd, dtype=np.float32))
-    if mlp:
+    if qwen:  # the merger: 2 x 2 patches side by side, through an MLP
+        writer.add_tensor("mm.0.weight", weight(4 * n_embd, 4 * n_embd))
+        writer.add_tensor("mm.0.bias", weight(4 * n_embd))
+        writer.add_tensor("mm.2.weight", weight(width, 4 * n_embd))
+        writer.add_tensor("mm.2.bias", weight(width))
+    elif mlp:
         writer.add_tensor("mm.0.weight", weight(width, n_embd))
         writer.add_tensor("mm.0.bias", weight(width))
         writer.add_tensor("mm.2.weight", weight(width, width))

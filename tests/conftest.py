@@ -60,8 +60,11 @@ def write_tiny_gguf(
     seed: int = 2,
     extra_tokens: list[str] | None = None,
     vision_keys: bool = False,
+    architecture: str = "llama",
 ) -> Path:
-    """A runnable llama model: 2 layers, 64 wide, random F32 weights, an ASCII SentencePiece vocab."""
+    """A runnable llama model: 2 layers, 64 wide, random F32 weights, an ASCII SentencePiece vocab.
+    `architecture="qwen2vl"`: the same weights as Qwen2-VL's text model, whose rotary positions
+    come in sections (M-RoPE: time, row, column), as the qwen2vl projector's images want."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -89,8 +92,8 @@ def write_tiny_gguf(
     types += [gguf.TokenType.BYTE] * len(other_bytes)
     n_vocab = len(tokens)
 
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-llama")
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name(f"tiny-{architecture}")
     writer.add_context_length(256)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
@@ -98,6 +101,8 @@ def write_tiny_gguf(
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_head)
     writer.add_rope_dimension_count(n_embd // n_head)
+    if architecture == "qwen2vl":  # the head's 8 rotary pairs: 2 for time, 3 each for y and x
+        writer.add_rope_dimension_sections([2, 3, 3, 0])
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
