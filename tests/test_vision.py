@@ -18,6 +18,7 @@ from conftest import (
     image_bytes,
     pack,
     run_pyz,
+    write_tiny_gguf,
     write_tiny_projector,
 )
 
@@ -381,6 +382,76 @@ def test_the_scheduler_seam_decodes_an_image_into_any_sequence(
         vision.prefill(llm, prompt, [], 0)  # b.png's pushed a.png's out: encoded again
         assert max(abs(a - b) for a, b in zip(first, logits())) < 1e-4
         assert (seen.embeddings.encoded, seen.embeddings.reused, len(seen.embeddings)) == (3, 1, 1)
+
+
+def mtmd_greedy(
+    model: Path, projector: Path, image: Path, text: str, n: int, flash_attn: str = "auto"
+) -> tuple[str, tuple[int, int, bool]]:
+    """In this process: llama.cpp's own reading of `image`, then `text` (mtmd_helper_eval_chunks,
+    as mtmd-cli reads a prompt: it counts the positions itself), and `n` greedy tokens after
+    it, each at the next position; with the image's tokens and positions (n_tokens, n_pos)
+    and whether mtmd gives the model M-RoPE's positions.
+    Where mtmd's prompt ends is where engine/vision.py's `Prompt.pos_at` says it does."""
+    import ctypes
+
+    from runtime.engine import backend
+    from runtime.engine.decoding import model as engine
+    from runtime.engine.devices import cpu
+    from runtime.engine.media import vision
+    from runtime.sources.source import ModelSource
+
+    def source(path: Path) -> ModelSource:
+        return ModelSource(path, 0, path.stat().st_size, path.name)
+
+    engine.set_verbose(False)
+    if not backend.backend_started():
+        engine.start_backend(cpu.choose().path)
+    llm = engine.Model(source(model), n_ctx=512, n_threads=2, flash_attn=flash_attn)
+    with llm, vision.Vision(llm, source(projector), n_threads=2) as seen:
+        C, M = engine.bindings(), seen._M
+        prompt = vision.one_shot(seen, text, vision.read_images((str(image),)))
+        (span,) = [s for s in prompt.spans if s.image]
+        end = prompt.pos_at(len(prompt))
+        assert end == len(prompt) - span.n_tokens + span.n_pos
+        n_past = C.llama_pos(0)
+        rc = M.mtmd_helper_eval_chunks(
+            seen._ctx, llm._ctx, prompt._chunks, 0, 0, llm.n_batch, True, ctypes.byref(n_past)
+        )
+        assert rc == 0 and n_past.value == end
+        tokens: list[int] = []
+        for pos in range(end, end + n):
+            row = C.llama_get_logits_ith(llm._ctx, -1)
+            token = max(range(llm.n_vocab), key=lambda i: float(row[i]))
+            if C.llama_vocab_is_eog(llm._vocab, token):
+                break
+            tokens.append(token)
+            vision._decode_text(llm, [token], pos, 0)
+        said = b"".join(map(llm.piece, tokens)).decode("utf-8", "replace")
+        mrope = bool(M.mtmd_decode_use_mrope(seen._ctx))
+    return said, (span.n_tokens, span.n_pos, mrope)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gemma3", "qwen2vl"])
+def test_the_one_shot_reads_an_image_as_mtmds_own_helper_does(
+    kind: str, tiny_pyz: Path, pictures: Path, tmp_path: Path
+) -> None:
+    """The one-shot's greedy text is what llama.cpp's own reading of the prompt gives
+    (`mtmd_greedy`). Qwen2-VL's M-RoPE: its 5 x 4 image tokens take 5 positions (mtmd's
+    n_pos), and the text after the image goes on from there, 15 positions before its token
+    count; counted by tokens, the text differs."""
+    qwen = kind == "qwen2vl"
+    model = write_tiny_gguf(tmp_path / "m.gguf", architecture="qwen2vl" if qwen else "llama")
+    proj = write_tiny_projector(tmp_path / "p.gguf", width=64, patch=4, kind=kind)
+    image = pictures / "a.png"
+    want, facts = mtmd_greedy(model, proj, image, "hello", 8)
+    # mlp: 32 px in 4 px patches; gemma3 pools them 2 x 2; qwen2vl: 40 x 30 px resized to
+    # 40 x 32, a token per 2 x 2 patches, 5 x 4 of them
+    assert (
+        facts == {"mlp": (64, 64, False), "gemma3": (16, 16, False), "qwen2vl": (20, 5, True)}[kind]
+    )
+    shot = see(tiny_pyz, "-m", str(model), "--mmproj", str(proj), "--image", str(image),
+               "-p", "hello", "--temp", "0")  # fmt: skip
+    assert want and text_of(shot) == want
 
 
 def test_smollm2_sees_through_a_576_wide_projector_inside_its_chat_template(

@@ -1,7 +1,8 @@
 """Images across the server's slots, as clients see them: an image that another client sent on
 another slot is not encoded again (its embeddings are kept in memory) and gives the same reply
 as when it was encoded; a text-only client goes on generating while another client's images
-are decoded, one image a step."""
+are decoded, one image a step; a Qwen2-VL image (M-RoPE: fewer positions than tokens) read on
+slot 1 beside another client's sequence answers as the one-shot does, this turn and the next."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import Server, build_session_pyz, image_bytes, write_tiny_projector
+from conftest import (
+    Server,
+    build_session_pyz,
+    image_bytes,
+    pack,
+    run_pyz,
+    write_tiny_gguf,
+    write_tiny_projector,
+)
+from test_vision import mtmd_greedy
 
 pytestmark = pytest.mark.slow
 QUESTION = "What is this?"
@@ -164,3 +174,63 @@ def test_a_text_only_client_goes_on_while_another_clients_images_decode(
     # one image a step: the longest wait for a token is about one image's decode, not four
     assert len(during) >= 3, (len(during), spent)
     assert gap < 0.6 * (end - start), (gap, end - start, len(during))
+
+
+def test_an_mrope_image_on_slot_1_beside_another_client_answers_as_the_one_shot(
+    tmp_path: Path, pictures: Path
+) -> None:
+    """Qwen2-VL's M-RoPE: a 64 px picture in 4 px patches is 8 x 8 tokens, which take 8
+    positions (mtmd's n_pos), not 64. With another client generating on slot 0, the image goes
+    to slot 1, whose text after it the scheduler reads at the prompt's positions: the one-shot's
+    greedy text, and llama.cpp's own (`mtmd_greedy`). The next turn resends the image: the
+    slot's copy is reused (nothing encoded, a cache hit) and the reply is a fresh one-shot's of
+    the whole conversation."""
+    model = write_tiny_gguf(tmp_path / "qwen.gguf", architecture="qwen2vl")
+    proj = write_tiny_projector(tmp_path / "proj.gguf", width=64, patch=4, kind="qwen2vl")
+    pyz = tmp_path / "qwen.pyz"
+    built = pack("build", str(model), "--mmproj", str(proj), "-o", str(pyz))
+    assert built.returncode == 0, built.stderr
+    image = pictures / "a.png"
+    # Flash attention off on both sides: llama.cpp's CPU kernel splits a one-token step's
+    # memory among its threads and sums each part's values in FP16, so a sequence whose cells
+    # lie elsewhere (slot 1's, after slot 0's) rounds otherwise (1e-2 in a logit with this
+    # image), which can flip a near tie; this test compares positions, not that rounding.
+    greedy = ("-n", "12", "--temp", "0", "-fa", "off", "--verbose", "--image", str(image))
+
+    def one_shot(text: str) -> tuple[str, int]:
+        shot = run_pyz(pyz, *greedy, "-p", text)
+        assert shot.returncode == 0, shot.stderr
+        (line,) = [x for x in shot.stderr.splitlines() if x.startswith("prompt: ")]
+        assert line.endswith(" (64 for 1 image)"), line
+        return shot.stdout, int(line.split()[1])
+
+    srv = Server(pyz, "-c", "8192", "--parallel", "2", "-fa", "off")
+    try:
+        b64 = base64.b64encode(image.read_bytes()).decode()
+
+        def generate(text: str) -> dict[str, Any]:
+            body = {"model": "m", "prompt": text, "images": [b64], "raw": True, "stream": False}
+            body["options"] = {"temperature": 0, "num_predict": 12}
+            reply = requests.post(f"{srv.url}/api/generate", json=body, timeout=300)
+            assert reply.status_code == 200, reply.text
+            return dict(reply.json())
+
+        busy = Stream(
+            srv.url, [{"role": "user", "content": "Tell me"}], **no_end({}), max_tokens=7000
+        )
+        try:
+            first = generate("hello")  # slot 0 is busy: slot 1
+            assert counter(srv, "images_encoded") == 1
+            then = "hello" + first["response"] + " And then?"
+            second = generate(then)  # slot 1 again, the only free one
+            assert busy.finish is None  # slot 0 was generating beside both turns
+        finally:
+            busy.close()
+        assert counter(srv, "images_encoded") == 1  # the second turn encoded nothing
+        assert counter(srv, "image_cache_hits") == 1  # the slot held the image's tokens
+    finally:
+        srv.stop()
+    for reply, text in ((first, "hello"), (second, then)):
+        assert (reply["response"], reply["prompt_eval_count"]) == one_shot(text)
+        said, facts = mtmd_greedy(model, proj, image, text, 12, flash_attn="off")
+        assert facts == (64, 8, True) and reply["response"] == said
