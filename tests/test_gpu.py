@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 
 from runtime.engine.devices.variants import gpu_build_dir
-from tests.conftest import ROOT, assert_clean_error, build_session_pyz, pack, run_pyz
+from tests.conftest import (
+    ROOT,
+    assert_clean_error,
+    build_session_pyz,
+    image_bytes,
+    pack,
+    run_pyz,
+    write_tiny_projector,
+)
 
 VULKAN = gpu_build_dir() / "libggml-vulkan.so"
 pytestmark = [
@@ -77,6 +85,28 @@ def logits(handles, layers):
 ref = logits([], 0)
 print(json.dumps({n: gpu_selftest.compare(ref, logits([device.handle], n)) for n in (99, 10)}))
 """
+
+
+def test_the_projector_runs_on_the_models_gpu_unless_told_not_to(
+    tmp_path: Path, smollm2: Path, session_cache: Path
+) -> None:
+    projector = write_tiny_projector(tmp_path / "proj.gguf", width=576)
+    picture = tmp_path / "a.png"
+    picture.write_bytes(image_bytes("png", 40, 30, seed=1))
+    pyz = tmp_path / "v.pyz"
+    env = dict(os.environ, LLAMAPYZ_CACHE=str(session_cache))
+    built = pack("build", str(smollm2), "--mmproj", str(projector), "-o", str(pyz), env=env)
+    assert built.returncode == 0, built.stderr
+    seen = ("--image", str(picture), "-p", "hi", "-n", "2", "-ngl", "99", "--verbose")
+    on_gpu = run_pyz(pyz, *seen)
+    assert on_gpu.returncode == 0, on_gpu.stderr
+    assert "clip_ctx: CLIP using Vulkan0 backend" in on_gpu.stderr  # mtmd's own word
+    assert "(embedded projector proj.gguf), on the GPU" in on_gpu.stderr
+    on_cpu = run_pyz(pyz, *seen, "--no-mmproj-offload")
+    assert on_cpu.returncode == 0, on_cpu.stderr
+    assert "clip_ctx: CLIP using CPU backend" in on_cpu.stderr
+    assert "(embedded projector proj.gguf), on the CPU" in on_cpu.stderr
+    assert "offloaded 31/31 layers to Vulkan0" in on_cpu.stderr  # the model stays on the GPU
 
 
 def test_distributions_on_lavapipe_are_the_cpus(smollm2: Path) -> None:
