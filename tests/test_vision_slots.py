@@ -47,7 +47,9 @@ def server(
     pyz = build_session_pyz(
         tmp_path_factory, session_cache, str(tiny_gguf), "--mmproj", str(projector)
     )
-    srv = Server(pyz, "-c", "4096", "--parallel", "2")
+    # -fa off: llama.cpp's CPU flash attention sums a one-token step's parts in FP16 per thread,
+    # which rounds by where a sequence's cells lie; slot 1's image would read a hair apart.
+    srv = Server(pyz, "-c", "4096", "--parallel", "2", "-fa", "off")
     yield srv
     print("SERVER STDERR:", srv.stop()[-3000:])
 
