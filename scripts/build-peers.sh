@@ -29,7 +29,7 @@ TARGETS="llama-bench llama-server"
 LAYOUT=2  # bump when the build changes beyond FLAGS (2: the tools' own libraries linked STATIC)
 PYTHON=${PYTHON:-python3}
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
-ZIG=$(PYTHON="$PYTHON" "$(dirname "$0")/zig-toolchain.sh" "$(uname -m)-linux-gnu.2.28")
+ZIG=$("$(dirname "$0")/zig-toolchain.sh" "$(uname -m)-linux-gnu.2.28" --where)  # fetched to build
 KEY=$(printf '%s %s %s %s %s %s' "$VERSION" "$FLAGS" "$TARGETS" "$(uname -m)" "$(basename "$ZIG")" "$LAYOUT" |
   sha256sum | cut -c1-12)
 DEST="$CACHE/peers/llama.cpp-$VERSION-$KEY"
@@ -43,6 +43,7 @@ if [ -n "${LLAMAPYZ_PEERS_NO_BUILD:-}" ]; then
   exit 3
 fi
 
+ZIG=$(PYTHON="$PYTHON" "$(dirname "$0")/zig-toolchain.sh" "$(uname -m)-linux-gnu.2.28")
 mkdir -p "$CACHE/peers"
 tmp=$(mktemp -d "$CACHE/peers/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -3,6 +3,7 @@
 # installed once into the dev cache) with its own static libc++, so that what it builds needs
 # only the glibc symbols of TARGET's version and no libstdc++ at all.
 #   scripts/zig-toolchain.sh x86_64-linux-gnu.2.28     (or aarch64-linux-gnu.2.28)
+#   scripts/zig-toolchain.sh x86_64-linux-gnu.2.28 --where   (the folder's name only)
 # Prints a folder holding cc, c++, ar, ranlib and toolchain.cmake (CMAKE_TOOLCHAIN_FILE).
 # Zig reads -march as a CPU name; on arm64 the wrappers turn GCC's `-march=armv8.2-a+dotprod+fp16`
 # (what ggml's CMake writes for its CPU variants) into Zig's `-mcpu=generic+v8_2a+dotprod+fullfp16`.
@@ -13,13 +14,17 @@ PYTHON=${PYTHON:-python3}
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
 TOOLS="$CACHE/tools/ziglang-$ZIG_VERSION"
 ZIG="$TOOLS/ziglang/zig"
+OUT="$CACHE/tools/zig-$ZIG_VERSION-$TARGET"
+if [ "${2:-}" = "--where" ]; then  # the folder only (a cache key), nothing fetched or written
+  echo "$OUT"
+  exit 0
+fi
 if [ ! -x "$ZIG" ]; then
   echo "fetching Zig $ZIG_VERSION from the package index (once) ..." >&2
   rm -rf "$TOOLS.tmp"
   "$PYTHON" -m pip install --quiet --no-deps --target "$TOOLS.tmp" "ziglang==$ZIG_VERSION" >&2
   rm -rf "$TOOLS" && mv "$TOOLS.tmp" "$TOOLS"
 fi
-OUT="$CACHE/tools/zig-$ZIG_VERSION-$TARGET"
 mkdir -p "$(dirname "$OUT")"
 NEW=$(mktemp -d "$OUT.XXXXXX")
 for tool in cc c++; do
