@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.context import Context
 from benchmarks.procs import Run, run, run_first_byte, tree_size, warm_page_cache
-from benchmarks.rows_start import Setup
+from benchmarks.rows_start import Setup, first_byte
 from benchmarks.table import MB, Goal, Row
 
 SAME_START = Goal("<=", 1.02, on_ratio=True)
@@ -39,10 +39,6 @@ def _starts(ctx: Context, both: list[str], single: list[str], fresh: bool) -> di
     if fresh and written["both"] != written["single"]:
         ctx.log(f"warning: first starts wrote {written['both']} and {written['single']} bytes")
     return runs
-
-
-def _first_byte(runs: list[Run]) -> list[float]:
-    return [r.first_byte_s or 0.0 for r in runs]
 
 
 def arch_rows(ctx: Context, setup: Setup) -> list[Row]:
@@ -77,9 +73,9 @@ def arch_rows(ctx: Context, setup: Setup) -> list[Row]:
             key="start_warm_two_arches",
             name="warm start to first token, two-architecture file vs --arch x86_64",
             unit="s",
-            ours=_first_byte(warm["both"]),
+            ours=first_byte(warm["both"]),
             peer_name="x86-64 only",
-            peer=_first_byte(warm["single"]),
+            peer=first_byte(warm["single"]),
             goal=SAME_START,
             extra={"command": command},
         ),
@@ -87,9 +83,9 @@ def arch_rows(ctx: Context, setup: Setup) -> list[Row]:
             key="start_first_two_arches",
             name="first start (empty cache), two-architecture file vs --arch x86_64",
             unit="s",
-            ours=_first_byte(first["both"]),
+            ours=first_byte(first["both"]),
             peer_name="x86-64 only",
-            peer=_first_byte(first["single"]),
+            peer=first_byte(first["single"]),
             goal=SAME_START,
             extra={"command": f"LLAMAPYZ_CACHE=<empty dir> {command}"},
         ),

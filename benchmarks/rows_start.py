@@ -114,7 +114,7 @@ def _check_same_text(ctx: Context, label: str, ours: list[Run], peer: list[Run])
         ctx.log(f"warning: {label}: llamapyz printed {a!r}, {PEER_NAME} printed {b!r}")
 
 
-def _first_byte(runs: list[Run]) -> list[float]:
+def first_byte(runs: list[Run]) -> list[float]:
     return [r.first_byte_s or 0.0 for r in runs]
 
 
@@ -147,8 +147,8 @@ def start_rows(ctx: Context, setup: Setup) -> list[Row]:
             key="start_warm",
             name=f"start to first token, warm, vs {PEER_NAME}",
             unit="s",
-            ours=_first_byte(warm.ours),
-            peer=_first_byte(warm.peer),
+            ours=first_byte(warm.ours),
+            peer=first_byte(warm.peer),
             goal=Goal("<=", 1.10, on_ratio=True),
             extra={"command": command, **_extra(warm)},
         ),
@@ -156,8 +156,8 @@ def start_rows(ctx: Context, setup: Setup) -> list[Row]:
             key="start_first",
             name=f"first start (empty cache) to first token, vs {PEER_NAME} warm",
             unit="s",
-            ours=_first_byte(first.ours),
-            peer=_first_byte(first.peer),
+            ours=first_byte(first.ours),
+            peer=first_byte(first.peer),
             goal=Goal("<=", 2.0, on_ratio=True),
             extra={
                 "command": f"LLAMAPYZ_CACHE=<empty dir> {command}",
@@ -209,7 +209,7 @@ def _check_row(ctx: Context, setup: Setup, first: Pairs) -> Row:
         unit="s",
         ours=times,
         peer_name="first start",
-        peer=_first_byte(first.ours),
+        peer=first_byte(first.ours),
         goal=Goal("<=", 0.05, on_ratio=True),
         extra={"tensors": len(check(setup.pyz, weights.offset, weights.size).tensors)},
     )
