@@ -42,7 +42,8 @@ def _python(qemu: str, root: Path) -> list[str]:
 
 
 def _peer_dir(ctx: Context, built: Path, variant: str) -> Path:
-    """llama-bench with the libraries and the one CPU variant beside it (hard links)."""
+    """llama-bench with the libraries and the one CPU variant beside it (hard links; libllama
+    also under its soname, which llama-bench asks for: the file stores it as the wheel does)."""
     folder = ctx.work / "arm64-peer"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -50,6 +51,7 @@ def _peer_dir(ctx: Context, built: Path, variant: str) -> Path:
     wanted += sorted((built / "llama_cpp" / "lib").glob("lib*.so*"))
     for path in wanted:
         os.link(path, folder / path.name)
+    os.link(built / "llama_cpp" / "lib" / "libllama.so", folder / "libllama.so.0")
     return folder
 
 

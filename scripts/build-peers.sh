@@ -20,11 +20,7 @@ VERSION=0.3.36
 FLAGS="-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON \
 -DGGML_CPU_ALL_VARIANTS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
--DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DGGML_OPENMP=OFF \
--DCMAKE_SHARED_LINKER_FLAGS=-Wl,-Bsymbolic,-s -DCMAKE_MODULE_LINKER_FLAGS=-Wl,-Bsymbolic,-s"
-# -Bsymbolic: each library binds to its own copy of Zig's static libc++. Without it libllama
-# bound to the executable's (llama-bench, llama-server) and freed that copy's locale data at the
-# first model load ("double free or corruption").
+-DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DGGML_OPENMP=OFF"
 TARGETS="llama-bench llama-server"
 LAYOUT=2  # bump when the build changes beyond FLAGS (2: the tools' own libraries linked STATIC)
 PYTHON=${PYTHON:-python3}

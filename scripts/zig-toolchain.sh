@@ -14,7 +14,8 @@ PYTHON=${PYTHON:-python3}
 CACHE=${LLAMAPYZ_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapyz-dev}
 TOOLS="$CACHE/tools/ziglang-$ZIG_VERSION"
 ZIG="$TOOLS/ziglang/zig"
-OUT="$CACHE/tools/zig-$ZIG_VERSION-$TARGET"
+REV=2  # bump when toolchain.cmake's settings change: every native build is keyed by OUT's name
+OUT="$CACHE/tools/zig-$ZIG_VERSION-$TARGET-r$REV"
 if [ "${2:-}" = "--where" ]; then  # the folder only (a cache key), nothing fetched or written
   echo "$OUT"
   exit 0
@@ -61,8 +62,12 @@ arch=${TARGET%%-*}
   echo "set(CMAKE_AR \"$OUT/ar\" CACHE FILEPATH \"\")"
   echo "set(CMAKE_RANLIB \"$OUT/ranlib\" CACHE FILEPATH \"\")"
   # Zig's libc++ carries its debug information into every library: linked stripped.
-  echo "set(CMAKE_SHARED_LINKER_FLAGS_INIT -s)"
-  echo "set(CMAKE_MODULE_LINKER_FLAGS_INIT -s)"
+  # -Bsymbolic: each library carries its own static libc++ with its symbols exported; without it
+  # a library binds its libc++ calls to whichever copy the process loaded first (another
+  # library's, or an executable's: llama-bench freed that copy's locale data at the first model
+  # load, "double free or corruption") while its inlined code uses its own.
+  echo 'set(CMAKE_SHARED_LINKER_FLAGS_INIT "-Wl,-Bsymbolic -s")'
+  echo 'set(CMAKE_MODULE_LINKER_FLAGS_INIT "-Wl,-Bsymbolic -s")'
 } >"$NEW/toolchain.cmake"
 # Replaced only when it changed: a build may be using the wrappers right now.
 if diff -rq "$NEW" "$OUT" >/dev/null 2>&1; then
