@@ -7,7 +7,8 @@ turn, the order alternating, /v1/completions, N_TOKENS at most, temperature 0 un
 otherwise; a rate is the tokens generated over the generation's time (the reply's
 `timings.predicted_ms`, llama-server's field, which both report: a short answer's wall time is
 mostly reading its prompt, the same on both sides); four clients at once count wall time.
-Beside the table: the verify cost curve T(k)/T(1) (llama-bench, the same model and variant),
+Beside the table: the verify cost curve T(k)/T(1) (llama-bench, the same model and variant;
+and as a verify step pays it, with logits on every position: benchmarks/verify_cost.py),
 which bounds what a draft can win, and per workload the copy ratio (the share of the answer's
 4-grams that the prompt held), the acceptance rate and the mean accepted length.
 """
@@ -18,6 +19,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks.context import Context, bench_cache
+from benchmarks.context import REPO, Context, bench_cache
 from benchmarks.peers import NOT_BUILT, Peers
 from benchmarks.procs import BenchError
 from benchmarks.rows_server import OPENER, Server, free_port
@@ -146,6 +148,16 @@ def verify_curve(ctx: Context, setup: Setup, peers: Peers) -> dict[int, float]:
     return {k: k * speed[1] / speed[k] for k in CURVE if k in speed}
 
 
+def verify_cost(ctx: Context, setup: Setup) -> dict[int, float]:
+    """T(k)/T(1) with logits on every position, as a verify step decodes (our engine)."""
+    cmd = [sys.executable, "-m", "benchmarks.verify_cost", str(setup.model), str(setup.threads)]
+    cmd.append(",".join(map(str, CURVE)))
+    done = subprocess.run(cmd, cwd=REPO, env=ctx.env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise BenchError(f"benchmarks.verify_cost failed: {done.stderr.strip()[-300:]}")
+    return {int(k): v for k, v in json.loads(done.stdout).items()}
+
+
 def f16_of(model: Path) -> Path:
     """`model` requantized to F16 (the draft-model row's target), made once into the cache."""
     out = bench_cache() / f"{model.stem}.F16.gguf"
@@ -206,6 +218,11 @@ def spec_rows(
     ctx.log(f"speculation rows: {len(workloads)} workloads x {reps} repetitions ...")
     curve = verify_curve(ctx, setup, peers)
     ctx.log("  verify cost T(k)/T(1): " + ", ".join(f"{k}: {v:.2f}" for k, v in curve.items()))
+    paid = verify_cost(ctx, setup)
+    ctx.log(
+        "  ... with logits on every position: "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in paid.items())
+    )
     started: list[Server] = []
     try:
         sides = {
@@ -221,7 +238,7 @@ def spec_rows(
         rows: list[Row] = []
         if prompts:
             _rounds(ctx, sides, prompts)
-            rows = _workload_rows(sides, prompts, curve)
+            rows = _workload_rows(sides, prompts, curve, paid)
         if "mixed" in want:
             none = _ours(ctx, setup, "llamapyz --spec-type none", "--spec-type", "none")
             started.append(none)
@@ -237,7 +254,10 @@ def spec_rows(
 
 
 def _workload_rows(
-    sides: dict[str, Side], prompts: dict[str, list[str]], curve: dict[int, float]
+    sides: dict[str, Side],
+    prompts: dict[str, list[str]],
+    curve: dict[int, float],
+    paid: dict[int, float],
 ) -> list[Row]:
     rows: list[Row] = []
     ours, peer = sides["ours"], sides["peer"]
@@ -248,6 +268,7 @@ def _workload_rows(
             copy_ratio(p, r.text) for p, r in zip(texts, replies)
         )
         extra["verify_curve"] = curve
+        extra["verify_curve_all_logits"] = paid
         extra["same_text_as_peer"] = sum(
             a.text == b.text for a, b in zip(replies, peer.replies[workload])
         )

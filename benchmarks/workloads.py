@@ -53,8 +53,9 @@ def _passage(r: random.Random) -> str:
 
 def quote(i: int) -> str:
     r = random.Random(1000 + i)
-    passage = _passage(r)
-    return f'Passage: "{passage}"\n\nThe passage quoted exactly, word for word: "'
+    # Asked as a chat: SmolLM2-135M quotes it (copy ratio 0.9-1.0); as a bare completion
+    # ('... quoted exactly, word for word: "') it wrote other text (copy ratio 0).
+    return _chat(f"Passage:\n{_passage(r)}\n\nQuote the passage exactly, word for word.")
 
 
 def rag(i: int) -> str:

@@ -24,11 +24,16 @@ class Clock:
 
 
 class Guesser:
-    """A drafter that always has `n_max` tokens to propose (0, 1, 2, ...)."""
+    """A drafter that always has `n_max` tokens to propose (0, 1, 2, ...); its evidence is the
+    tokens kept since its last miss (as a prompt-lookup match grows while a copy goes on)."""
 
     def __init__(self) -> None:
         self.asked: list[int] = []
         self.outcomes: list[int] = []
+        self.run = 0
+
+    def evidence(self) -> int:
+        return self.run
 
     def begin(self, tokens: Sequence[int]) -> None:
         pass
@@ -41,6 +46,7 @@ class Guesser:
         return list(range(n_max))
 
     def accepted(self, n: int) -> None:
+        self.run = self.run + n + 1 if n >= self.asked[-1] else 0
         self.outcomes.append(n)
 
 
@@ -81,17 +87,20 @@ def paced(cost: Callable[[int], float]) -> tuple[Paced, Clock, Guesser]:
 
 def test_drafts_that_lose_stop_and_a_probe_brings_them_back() -> None:
     p, clock, inner = paced(steep)
-    lost = run(p, clock, 60, steep, lambda k: 0)  # free-form text: nothing is ever kept
-    drafted = [k for k in lost[20:] if k]
-    # past the first misses only probes remain: one token after SPEC_PROBE_AFTER plain steps
-    assert drafted and set(drafted) == {settings.SPEC_PROBE_LENGTH}
-    assert len(drafted) <= 40 // settings.SPEC_PROBE_AFTER + 1, lost
-    assert inner.outcomes[-len(drafted) :] == [0] * len(drafted)
-    won = run(p, clock, 2 * settings.SPEC_PROBE_AFTER + 10, steep, lambda k: k)  # now a copy
+    lost = run(p, clock, 120, steep, lambda k: 0)  # free-form text: nothing is ever kept
+    probes = [i for i, k in enumerate(lost) if k and i >= 20]
+    # past the first misses only probes remain, one token each, the wait doubling after each
+    assert probes and {lost[i] for i in probes} == {settings.SPEC_PROBE_LENGTH}, lost
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > 2 * settings.SPEC_PROBE_AFTER, lost
+    assert inner.outcomes[-len(probes) :] == [0] * len(probes)
+    wait = p.probe_after
+    won = run(p, clock, wait + 20, steep, lambda k: k)  # now a copy
     first = next(i for i, k in enumerate(won) if k)
-    assert first <= settings.SPEC_PROBE_AFTER + 1  # the next probe finds it
+    assert first <= wait + 1  # the next probe finds it
     assert won[first] == settings.SPEC_PROBE_LENGTH
     assert won[-5:] == [8] * 5, won  # kept whole: drafts grow to the longest
+    assert p.probe_after == settings.SPEC_PROBE_AFTER  # a probe kept: the wait is short again
 
 
 def test_cheap_steps_keep_drafting_what_steep_ones_drop() -> None:
@@ -114,7 +123,7 @@ def test_a_draft_is_as_long_as_its_measured_cost_pays_for() -> None:
     # 3 tokens of every draft kept, the 4th never: a draft of 3 gives 4 tokens for 7/4 of a
     # step, one of 4 the same 4 tokens for 2 steps; once that is learned, drafts are of 3.
     p, clock, _ = paced(cheap)
-    lengths = run(p, clock, 60, cheap, lambda k: min(k, 3))
+    lengths = run(p, clock, 80, cheap, lambda k: min(k, 3))  # each evidence bucket learns it
     assert lengths[-20:] == [3] * 20, lengths
 
 
@@ -172,3 +181,36 @@ def test_under_the_policy_the_ngram_drafter_does_not_pause_by_itself() -> None:
         assert alone.propose(8)
         alone.accepted(0)  # each miss: the policy above it decides whether to go on
     assert alone.propose(8)
+
+
+def test_a_copy_and_chance_matches_are_learned_apart() -> None:
+    # Steps alternate between a long match (a copy: its drafts kept whole) and a one-token
+    # match (chance: never kept). Once learned, the copy's steps draft the longest and the
+    # chance ones none but probes; one table for both would draft both or neither.
+    p, clock, inner = paced(steep)
+    lengths = {True: [], False: []}
+    for step in range(120):
+        copying = step % 2 == 0
+        inner.run = 12 if copying else 1
+        draft = p.propose(8)
+        clock.now += steep(1 + len(draft))
+        p.push(0)
+        if draft:
+            p.accepted(len(draft) if copying else 0)
+        lengths[copying].append(len(draft))
+    assert lengths[True][-20:] == [8] * 20, lengths[True]
+    assert set(lengths[False][-30:]) <= {0, settings.SPEC_PROBE_LENGTH}, lengths[False]
+
+
+def test_the_ngram_evidence_is_how_far_the_match_runs_back() -> None:
+    drafter = speculate.NgramDrafter(8, 0, pauses=False)
+    drafter.begin([5, 6, 7, 8, 9, 1, 6, 7, 8])  # the tail 6 7 8 was seen after 5, not after 1
+    assert drafter.evidence() == 3 and drafter.lookup(5) == [9, 1, 6, 7, 8]
+    drafter.begin([5, 6, 7, 8, 9, 5, 6, 7, 8])  # back to the start: 4 tokens agree
+    assert drafter.evidence() == 4
+    drafter.begin([1, 2, 3])  # nothing seen twice: nothing to draft from
+    assert drafter.evidence() is None and drafter.lookup(8) == []
+    loop = [4, 5, 6] * 20  # a loop: the match runs back as far as it is followed
+    drafter.begin(loop)
+    assert drafter.evidence() == settings.SPEC_EVIDENCE_MAX
+    assert drafter.propose(8) == [4, 5, 6, 4, 5, 6, 4, 5]  # paced: as long as asked

@@ -53,7 +53,12 @@ SPEC_COST_WEIGHT = 0.2  # how fast a row length's measured step time follows the
 SPEC_COST_CLIP = 2.0  # a step past this many times the estimate counts as this many (a stall)
 SPEC_KEPT_MEMORY = 0.9  # the weight of a draft's outcome left after each later one
 SPEC_KEPT_PRIOR_WEIGHT = 2.0  # the prior chance of a token kept counts as this many drafts
-SPEC_KEPT_PRIOR_COLD = 0.5  # ... after a draft not kept whole (or none yet)
-SPEC_KEPT_PRIOR_WARM = 0.8  # ... after a draft kept whole
+SPEC_KEPT_PRIOR_COLD = 0.5  # ... for a draft with no evidence (a draft model's, a 0-token match)
+SPEC_KEPT_PRIOR_HALF = 8.0  # ... and its doubt halves at this many tokens of a prompt-lookup match
+# A draft's outcomes are learned apart by its evidence (the tokens the n-gram lookup matched),
+# in buckets starting at these lengths: a copy in progress drafts long, a chance n-gram short.
+SPEC_EVIDENCE_BUCKETS = (1, 2, 3, 4, 6, 9, 13, 21)
+SPEC_EVIDENCE_MAX = 32  # a match is followed back this far at most
 SPEC_PROBE_AFTER = 8  # plain steps in a row chosen by the costs, then a draft is tried anyway
 SPEC_PROBE_LENGTH = 1  # the tokens of that probe
+SPEC_PROBE_AFTER_MAX = 64  # the longest wait for a probe (it doubles after each probe lost)

@@ -129,6 +129,9 @@ class ModelDrafter:
     def push(self, token: int) -> None:
         self.tokens.append(token)
 
+    def evidence(self) -> Optional[int]:
+        return 0  # a guess it can always make, with nothing to say how good
+
     def propose(self, n_max: int, generating: int = 1) -> list[int]:
         self._last = 0
         if generating > 1:
@@ -160,6 +163,11 @@ class Either:
     def push(self, token: int) -> None:
         self.first.push(token)
         self.then.push(token)
+
+    def evidence(self) -> Optional[int]:
+        found: Optional[int] = self.first.evidence()
+        then: Optional[int] = self.then.evidence()
+        return then if found is None else found
 
     def propose(self, n_max: int, generating: int = 1) -> list[int]:
         for drafter in (self.first, self.then):

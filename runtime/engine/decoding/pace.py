@@ -7,10 +7,12 @@ costs on this machine, under its load, drafting included. `StepCosts` measures T
 for a process's sequences: a wall-clock moving average per row length, from each drafter's
 propose() to its first emitted token, which spans the decode and the first sample); `Paced`
 keeps, per sequence, the chance that a draft's i-th token is kept once the ones before it
-were — apart after a draft kept whole (the text is being copied) and after one that was not —
+were, apart by the drafter's evidence (for prompt lookup: how many tokens of the text's tail
+matched where the draft comes from — a copy in progress matches long, a chance n-gram short)
 and lets the drafter under it draft the length with the best expected rate, none where none
 pays. After SPEC_PROBE_AFTER plain steps it drafts SPEC_PROBE_LENGTH tokens anyway, so a text
-that turns repetitive is noticed. It decides only how much is drafted, never what is emitted.
+that turns repetitive is noticed; each probe not kept doubles that wait (up to
+SPEC_PROBE_AFTER_MAX: a probe lost costs most of a step), one kept resets it. It decides only how much is drafted, never what is emitted.
 
 Beside other generating sequences (the server's busy batch) the scheduler's own caps rule and
 nothing is timed: a step's cost there is everyone's (llama.cpp's adaptive n-gram rules and
@@ -19,6 +21,7 @@ vLLM's are by acceptance alone; this one is by acceptance and the measured cost)
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
@@ -95,6 +98,13 @@ class Kept:
         return out
 
 
+def prior(evidence: int) -> float:
+    """The chance a draft token is kept before any was seen, for a drafter's `evidence` (0: none
+    to speak of): SPEC_KEPT_PRIOR_COLD's doubt over 1 + evidence / SPEC_KEPT_PRIOR_HALF."""
+    doubt = 1.0 - settings.SPEC_KEPT_PRIOR_COLD
+    return 1.0 - doubt / (1.0 + evidence / settings.SPEC_KEPT_PRIOR_HALF)
+
+
 class Paced:
     """A drafter (engine/decoding/speculate.py's protocol) under a policy that drafts only what pays
     by the measured costs; `clock` is time.perf_counter (a test gives its own)."""
@@ -108,13 +118,14 @@ class Paced:
     ) -> None:
         self.inner, self.costs, self.clock = inner, costs, clock
         self.n_max = max(1, n_max)
-        self.after_miss = Kept(settings.SPEC_KEPT_PRIOR_COLD, self.n_max)
-        self.after_whole = Kept(settings.SPEC_KEPT_PRIOR_WARM, self.n_max)
-        self.warm = False  # the last draft verified was kept whole
+        self.kept: dict[int, Kept] = {}  # by the bucket of the drafter's evidence
         self.idle = 0  # plain steps in a row that the policy chose
+        self.probe_after = settings.SPEC_PROBE_AFTER  # ... before a probe
+        self._probing = False
         self._started: Optional[float] = None  # propose()'s time, while a step is timed
         self._row = 1  # the tokens of this step's row
         self._last = 0  # the draft proposed at this step
+        self._table: Optional[Kept] = None  # what its outcome teaches
 
     def begin(self, tokens: Sequence[int]) -> None:
         self._started = None
@@ -126,25 +137,39 @@ class Paced:
             self._started = None
         self.inner.push(token)
 
-    def best(self, n_max: int) -> int:
+    def evidence(self) -> Optional[int]:
+        found: Optional[int] = self.inner.evidence()
+        return found
+
+    def table(self, evidence: int) -> Kept:
+        """The chances learned for drafts with this much evidence (SPEC_EVIDENCE_BUCKETS)."""
+        bucket = bisect.bisect_right(settings.SPEC_EVIDENCE_BUCKETS, evidence)
+        if bucket not in self.kept:
+            least = settings.SPEC_EVIDENCE_BUCKETS[bucket - 1] if bucket else 0
+            self.kept[bucket] = Kept(prior(least), self.n_max)
+        return self.kept[bucket]
+
+    def best(self, table: Kept, n_max: int) -> int:
         """The draft length with the best expected tokens per second (0: a plain step)."""
-        kept = (self.after_whole if self.warm else self.after_miss).expected(min(n_max, self.n_max))
+        kept = table.expected(min(n_max, self.n_max))
         rates = [(1.0 + e) / self.costs.ratio(1 + k) for k, e in enumerate(kept)]
         return max(range(len(rates)), key=lambda k: (rates[k], -k))
 
     def propose(self, n_max: int, generating: int = 1) -> list[int]:
-        self._last, self._started = 0, None
+        self._last, self._started, self._table, self._probing = 0, None, None, False
         if generating > 1:  # the scheduler's caps for a busy batch rule; its costs are shared
             draft = list(self.inner.propose(n_max, generating))
             self._last = len(draft)
             return draft
         started = self.clock()
-        want = self.best(n_max)
-        if want > 0:
-            self.idle = 0
-        else:
-            self.idle += 1
-            if self.idle > settings.SPEC_PROBE_AFTER:
+        evidence = self.inner.evidence()
+        want = 0
+        if evidence is not None:  # else nothing to draft from: a plain step
+            self._table = self.table(evidence)
+            want = self.best(self._table, n_max)
+            self.idle = 0 if want > 0 else self.idle + 1
+            self._probing = self.idle > self.probe_after
+            if self._probing:
                 self.idle = 0
                 want = min(settings.SPEC_PROBE_LENGTH, n_max)
         draft = list(self.inner.propose(want, 1)) if want > 0 else []
@@ -154,6 +179,9 @@ class Paced:
     def accepted(self, n: int) -> None:
         if self._last == 0:
             return
-        (self.after_whole if self.warm else self.after_miss).observe(self._last, n)
-        self.warm = n >= self._last
+        if self._table is not None:
+            self._table.observe(self._last, n)
+        if self._probing:
+            lost = min(self.probe_after * 2, settings.SPEC_PROBE_AFTER_MAX)
+            self.probe_after = settings.SPEC_PROBE_AFTER if n else lost
         self.inner.accepted(n)

@@ -28,11 +28,15 @@ SPEC_TYPES = ("auto", "none", *NGRAM_NAMES, *DRAFT_NAMES)
 
 class Drafter(Protocol):
     """What guesses the next tokens of one sequence: hear the text so far and each token
-    emitted after it, propose a draft, then hear how much of it was kept."""
+    emitted after it, propose a draft, then hear how much of it was kept. `evidence()` says,
+    before a draft is asked for, how much backs it (prompt lookup: the tokens its match spans;
+    0: no such measure, a draft model's) or None: there is nothing to draft from now."""
 
     def begin(self, tokens: Sequence[int]) -> None: ...
 
     def push(self, token: int) -> None: ...
+
+    def evidence(self) -> Optional[int]: ...
 
     def propose(self, n_max: int, generating: int = 1) -> list[int]: ...
 
@@ -57,7 +61,8 @@ class NgramDrafter:
     ) -> None:
         self.n_max = max(1, n_max)
         self.n_min = n_min
-        # False: alone in a batch, a policy above it (engine/decoding/pace.py) decides when to draft
+        # False: alone in a batch, a policy above it (engine/decoding/pace.py) decides when to
+        # draft and how much; this drafter's own length and pauses rule only a busy batch
         self.pauses = pauses
         self._busy = False  # the last draft was proposed beside other generating sequences
         self.length = min(settings.SPEC_DRAFT_START, self.n_max)
@@ -83,13 +88,35 @@ class NgramDrafter:
 
     def lookup(self, want: int) -> list[int]:
         """Up to `want` tokens that followed the latest earlier occurrence of the longest
-        tail n-gram (settings.SPEC_NGRAM_MAX down to SPEC_NGRAM_MIN tokens)."""
+        tail n-gram (settings.SPEC_NGRAM_MAX down to SPEC_NGRAM_MIN tokens); where they reach
+        the end of the text, the text repeats itself (a loop's period is where it began)."""
+        found = self._match()
+        if not found:
+            return []
+        draft = self.tokens[found[0] : found[0] + want]
+        period = len(self.tokens) - found[0]
+        while len(draft) < want:
+            draft.append(draft[len(draft) - period])
+        return draft
+
+    def evidence(self) -> Optional[int]:
+        """How many tokens of the text's tail equal those before the draft's source (up to
+        settings.SPEC_EVIDENCE_MAX); None where the tail was not seen before."""
+        found = self._match()
+        return found[1] if found else None
+
+    def _match(self) -> Optional[tuple[int, int]]:
+        """Where the tokens after the tail's latest earlier match begin, and how long that
+        match runs backwards (the n-gram, then as far as the two agree)."""
         tokens, size = self.tokens, len(self.tokens)
         for n in range(min(settings.SPEC_NGRAM_MAX, size), settings.SPEC_NGRAM_MIN - 1, -1):
             start = self._seen.get(tuple(tokens[size - n :]))
             if start is not None:
-                return tokens[start + n : start + n + want]
-        return []
+                length, cap = n, min(settings.SPEC_EVIDENCE_MAX, start + n)
+                while length < cap and tokens[start + n - 1 - length] == tokens[size - 1 - length]:
+                    length += 1
+                return start + n, length
+        return None
 
     def propose(self, n_max: int, generating: int = 1) -> list[int]:
         self._last, self._busy = 0, generating > 1
@@ -99,7 +126,8 @@ class NgramDrafter:
         if generating > 1 and self.rate < generating / (generating + settings.SPEC_STEP_COST):
             self.rate += (1.0 - self.rate) * settings.SPEC_RATE_RECOVERY  # try again later
             return []
-        want = min(self.length, self.n_max, n_max)
+        alone = generating == 1 and not self.pauses  # the policy above chose n_max
+        want = min(self.n_max, n_max) if alone else min(self.length, self.n_max, n_max)
         if want <= 0:
             return []
         draft = self.lookup(want)
