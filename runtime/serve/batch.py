@@ -177,10 +177,12 @@ class Scheduler:
         rows: list[Row] = []
         room = self.capacity
         generating = [s for s in self.slots if s.job is not None and s.last is not None]
-        g = len(generating)
-        # Alone, a slot drafts as long as it likes; beside others, the drafts of all fill
-        # the generating rows up to settings.SPEC_BUSY_TOKENS at most, where a CPU's batch
-        # is still cheap per token (past it, a token costs almost a step of its own).
+        reading = [s for s in self.slots if s.job is not None and s.last is None and s.pending]
+        g = len(generating) + len(reading)  # the rows sharing this step
+        # Alone, a slot drafts as long as it likes (and its drafter times the step); beside
+        # others, generating or reading a prompt, the drafts of all fill the generating rows
+        # up to settings.SPEC_BUSY_TOKENS at most, where a CPU's batch is still cheap per
+        # token (past it, a token costs almost a step of its own), and nothing is timed.
         spare = room if g <= 1 else max(0, settings.SPEC_BUSY_TOKENS - g)
         for slot in generating:
             if not room:
