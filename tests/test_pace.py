@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from runtime.engine import settings
-from runtime.engine.decoding import speculate
+from runtime.engine.decoding import pace, speculate
 from runtime.engine.decoding.pace import Kept, Paced, StepCosts
 
 
@@ -214,3 +214,14 @@ def test_the_ngram_evidence_is_how_far_the_match_runs_back() -> None:
     drafter.begin(loop)
     assert drafter.evidence() == settings.SPEC_EVIDENCE_MAX
     assert drafter.propose(8) == [4, 5, 6, 4, 5, 6, 4, 5]  # paced: as long as asked
+
+
+def test_a_longer_match_starts_from_what_a_shorter_one_taught() -> None:
+    # A copy in progress: every draft kept whole while its match grows through the buckets;
+    # each new bucket starts no lower than what the shorter matches learned.
+    p, clock, _ = paced(cheap)
+    assert run(p, clock, 30, cheap, lambda k: k)[-10:] == [8] * 10
+    learned = [t.prior for b, t in sorted(p.kept.items())]
+    assert learned == sorted(learned) and learned[-1] > pace.prior(21) + 0.05, learned
+    fresh = Paced(Guesser(), p.costs, 8, clock)  # free-form taught nothing: the plain prior
+    assert fresh.table(13).prior == pytest.approx(pace.prior(13))

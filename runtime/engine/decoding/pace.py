@@ -142,11 +142,14 @@ class Paced:
         return found
 
     def table(self, evidence: int) -> Kept:
-        """The chances learned for drafts with this much evidence (SPEC_EVIDENCE_BUCKETS)."""
+        """The chances learned for drafts with this much evidence (SPEC_EVIDENCE_BUCKETS). A
+        new bucket's prior is no lower than a first token's chance learned with less evidence
+        (more of a match never makes a guess worse), nor than prior() of its least evidence."""
         bucket = bisect.bisect_right(settings.SPEC_EVIDENCE_BUCKETS, evidence)
         if bucket not in self.kept:
             least = settings.SPEC_EVIDENCE_BUCKETS[bucket - 1] if bucket else 0
-            self.kept[bucket] = Kept(prior(least), self.n_max)
+            below = [t.chances(1)[0] for b, t in self.kept.items() if 0 < b < bucket]
+            self.kept[bucket] = Kept(max([prior(least), *below]), self.n_max)
         return self.kept[bucket]
 
     def best(self, table: Kept, n_max: int) -> int:
