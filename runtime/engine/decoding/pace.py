@@ -12,7 +12,8 @@ matched where the draft comes from — a copy in progress matches long, a chance
 and lets the drafter under it draft the length with the best expected rate, none where none
 pays. After SPEC_PROBE_AFTER plain steps it drafts SPEC_PROBE_LENGTH tokens anyway, so a text
 that turns repetitive is noticed; each probe not kept doubles that wait (up to
-SPEC_PROBE_AFTER_MAX: a probe lost costs most of a step), one kept resets it. It decides only how much is drafted, never what is emitted.
+SPEC_PROBE_AFTER_MAX: a probe lost costs most of a step), one kept resets it. It decides only
+how much is drafted, never what is emitted.
 
 Beside other generating sequences (the server's busy batch) the scheduler's own caps rule and
 nothing is timed: a step's cost there is everyone's (llama.cpp's adaptive n-gram rules and
