@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,30 @@ def _built_peers() -> Optional[Path]:
     return Path(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
 
 
+def _bench(
+    args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks ARGS` in a process group of its own: past the timeout the whole
+    group is killed, the servers it started with it (killing the benchmark alone left them
+    serving)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the benchmark ran past {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def _isolated_env(tmp_path: Path) -> dict[str, str]:
     """Every cache the benchmark touches lies under tmp_path."""
     env = dict(os.environ)
@@ -78,26 +103,9 @@ def test_quick_bench_reports_every_row(tmp_path: Path) -> None:
     selftest_model.write(model)
     result = tmp_path / "r.json"
     peers = _built_peers()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--model",
-            str(model),
-            "--prompt",
-            "the quick brown fox",
-            "--json",
-            str(result),
-            *(["--peers", str(peers)] if peers else []),
-        ],
-        cwd=REPO,
-        env=_isolated_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=260 if peers else 200,
-    )
+    args = ["--quick", "--model", str(model), "--prompt", "the quick brown fox"]
+    args += ["--json", str(result), *(["--peers", str(peers)] if peers else [])]
+    done = _bench(args, _isolated_env(tmp_path), 260 if peers else 200)
     assert done.returncode == 0, done.stderr
 
     data = json.loads(result.read_text())
@@ -176,15 +184,8 @@ def test_gpu_rows_skip_lavapipe_with_one_line(tmp_path: Path) -> None:
     selftest_model.write(model)
     result = tmp_path / "r.json"
     env = {**_isolated_env(tmp_path), "GGML_VK_VISIBLE_DEVICES": "0"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--gpu-only", "--gpu-backends", "vulkan"]
-        + ["--model", str(model), "--json", str(result)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = ["--quick", "--gpu-only", "--gpu-backends", "vulkan", "--model", str(model)]
+    done = _bench([*args, "--json", str(result)], env, 120)
     assert done.returncode == 0, done.stderr
     rows = json.loads(result.read_text())["rows"]
     assert [r["key"] for r in rows] == ["gpu"]
