@@ -4,41 +4,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 from benchmarks.context import Context
-from benchmarks.procs import Run, run, run_first_byte, tree_size, warm_page_cache
-from benchmarks.rows_start import Setup, first_byte
+from benchmarks.procs import run, run_first_byte, warm_page_cache
+from benchmarks.rows_start import Pairs, Setup, first_byte, take_turns
 from benchmarks.table import MB, Goal, Row
 
 SAME_START = Goal("<=", 1.02, on_ratio=True)
 
 
-def _starts(ctx: Context, both: list[str], single: list[str], fresh: bool) -> dict[str, list[Run]]:
+def _starts(ctx: Context, both: list[str], single: list[str], fresh: bool) -> Pairs:
     """Interleaved runs of the two files; with `fresh`, each run starts from an empty cache."""
-    runs: dict[str, list[Run]] = {"both": [], "single": []}
-    written: dict[str, list[int]] = {"both": [], "single": []}
-    for rep in range(ctx.reps):
-        ctx.quiet()
-        for which in ("both", "single") if rep % 2 == 0 else ("single", "both"):
-            os.sync()  # a first start's writes go to disk now, not in the next run
-            cmd = both if which == "both" else single
-            env = dict(ctx.env)
-            if fresh:
-                env["LLAMAPYZ_CACHE"] = str(ctx.work / f"arch-cache-{which}-{rep}")
-            runs[which].append(run_first_byte(cmd, env))
-            if fresh:
-                written[which].append(tree_size(Path(env["LLAMAPYZ_CACHE"])))
-                shutil.rmtree(env["LLAMAPYZ_CACHE"])
-        ctx.log(
-            f"  rep {rep + 1}/{ctx.reps}: both {runs['both'][-1].first_byte_s:.3f} s, "
-            f"x86-64 only {runs['single'][-1].first_byte_s:.3f} s"
-        )
-    if fresh and written["both"] != written["single"]:
-        ctx.log(f"warning: first starts wrote {written['both']} and {written['single']} bytes")
-    return runs
+    pairs = take_turns(ctx, both, single, ("both", "x86-64 only"), (fresh, fresh))
+    if pairs.written != pairs.peer_written:
+        ctx.log(f"warning: first starts wrote {pairs.written} and {pairs.peer_written} bytes")
+    return pairs
 
 
 def arch_rows(ctx: Context, setup: Setup) -> list[Row]:
@@ -73,9 +52,9 @@ def arch_rows(ctx: Context, setup: Setup) -> list[Row]:
             key="start_warm_two_arches",
             name="warm start to first token, two-architecture file vs --arch x86_64",
             unit="s",
-            ours=first_byte(warm["both"]),
+            ours=first_byte(warm.ours),
             peer_name="x86-64 only",
-            peer=first_byte(warm["single"]),
+            peer=first_byte(warm.peer),
             goal=SAME_START,
             extra={"command": command},
         ),
@@ -83,9 +62,9 @@ def arch_rows(ctx: Context, setup: Setup) -> list[Row]:
             key="start_first_two_arches",
             name="first start (empty cache), two-architecture file vs --arch x86_64",
             unit="s",
-            ours=first_byte(first["both"]),
+            ours=first_byte(first.ours),
             peer_name="x86-64 only",
-            peer=first_byte(first["single"]),
+            peer=first_byte(first.peer),
             goal=SAME_START,
             extra={"command": f"LLAMAPYZ_CACHE=<empty dir> {command}"},
         ),

@@ -71,39 +71,49 @@ def prepare(ctx: Context, model: Path, prompt: str = PROMPT) -> Setup:
 
 @dataclass
 class Pairs:
-    """Interleaved runs of the .pyz and the peer."""
+    """Interleaved runs of two commands: ours (the .pyz) and a peer."""
 
     ours: list[Run] = field(default_factory=list)
     peer: list[Run] = field(default_factory=list)
     written: list[int] = field(default_factory=list)  # cache bytes after each first start
+    peer_written: list[int] = field(default_factory=list)  # ... of the peer, where it is a .pyz
     busy: list[float] = field(default_factory=list)  # CPU busy share before each repetition
+
+
+def take_turns(
+    ctx: Context, ours: list[str], peer: list[str], names: tuple[str, str], fresh: tuple[bool, bool]
+) -> Pairs:
+    """ctx.reps runs of each command, taken in turns (the order alternating); a side whose
+    `fresh` is set starts each run from an empty cache, the bytes it wrote recorded."""
+    pairs = Pairs()
+    sides = {
+        "ours": (ours, fresh[0], pairs.ours, pairs.written),
+        "peer": (peer, fresh[1], pairs.peer, pairs.peer_written),
+    }
+    for rep in range(ctx.reps):
+        pairs.busy.append(ctx.quiet())
+        for side in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
+            cmd, empty, runs, written = sides[side]
+            os.sync()  # a first start writes tens of MB: to disk now, not in the next run
+            env = dict(ctx.env)
+            cache = ctx.work / f"fresh-cache-{side}-{rep}"
+            if empty:
+                env["LLAMAPYZ_CACHE"] = str(cache)
+            runs.append(run_first_byte(cmd, env))
+            if empty:
+                written.append(tree_size(cache))
+                shutil.rmtree(cache)
+        ctx.log(
+            f"  rep {rep + 1}/{ctx.reps}: {names[0]} {pairs.ours[-1].first_byte_s:.3f} s, "
+            f"{names[1]} {pairs.peer[-1].first_byte_s:.3f} s"
+        )
+    return pairs
 
 
 def _pairs(ctx: Context, setup: Setup, label: str, fresh_cache: bool) -> Pairs:
     """Interleaved runs of the .pyz and the peer; with `fresh_cache`, each .pyz run starts empty."""
-    pairs = Pairs()
-    ours, peer, written = pairs.ours, pairs.peer, pairs.written
-    for rep in range(ctx.reps):
-        pairs.busy.append(ctx.quiet())
-        for which in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
-            # A first start writes tens of MB; they go to disk now, not in the next run.
-            os.sync()
-            if which == "peer":
-                peer.append(run_first_byte(setup.peer, ctx.env))
-                continue
-            if not fresh_cache:
-                ours.append(run_first_byte(setup.ours, ctx.env))
-                continue
-            cache = ctx.work / f"fresh-cache-{rep}"
-            env = {**ctx.env, "LLAMAPYZ_CACHE": str(cache)}
-            ours.append(run_first_byte(setup.ours, env))
-            written.append(tree_size(cache))
-            shutil.rmtree(cache)
-        ctx.log(
-            f"  rep {rep + 1}/{ctx.reps}: llamapyz {ours[-1].first_byte_s:.3f} s, "
-            f"{PEER_NAME} {peer[-1].first_byte_s:.3f} s"
-        )
-    _check_same_text(ctx, label, ours, peer)
+    pairs = take_turns(ctx, setup.ours, setup.peer, ("llamapyz", PEER_NAME), (fresh_cache, False))
+    _check_same_text(ctx, label, pairs.ours, pairs.peer)
     return pairs
 
 
