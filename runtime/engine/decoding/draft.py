@@ -166,8 +166,7 @@ class Either:
 
     def evidence(self) -> Optional[int]:
         found: Optional[int] = self.first.evidence()
-        then: Optional[int] = self.then.evidence()
-        return then if found is None else found
+        return found if found is not None else self.then.evidence()
 
     def propose(self, n_max: int, generating: int = 1) -> list[int]:
         for drafter in (self.first, self.then):
